@@ -1,0 +1,214 @@
+//! pgwarden's configuration: the TOML file operators write, its defaults, and the
+//! checks that turn a typo into an error with its key path instead of a surprise in
+//! production.
+//!
+//! # Layout
+//! - [`Config`] and its sections: the schema. Every field's doc gives its default
+//!   and whether `SIGHUP` reloads it. Defaults live in the `Default` impls only.
+//! - [`value`]: leaf types that parse text (durations, secrets) without stopping
+//!   deserialization, so that [`Config::validate`] can report every problem at once.
+//! - [`load`]: reading a file, applying `PGWARDEN__SECTION__KEY` environment
+//!   overrides, collecting unknown keys, validating.
+//!
+//! Unknown keys are errors. They are collected with `serde_ignored` rather than
+//! `deny_unknown_fields`, because the latter stops at the first one.
+
+mod load;
+pub mod value;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use load::{load_file, load_str, ConfigError};
+pub use value::{DurationValue, Secret, SecretString};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where clients connect, and the limits applied to them.
+    pub listen: Listen,
+    /// The Postgres server behind the proxy.
+    pub upstream: Upstream,
+}
+
+/// `[listen]`: the client-facing socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Listen {
+    /// Address and port to accept clients on. Default `0.0.0.0:6432`. Needs a restart.
+    pub address: String,
+    /// Connections open at once; one more gets SQLSTATE 53300. Default 1000.
+    /// Needs a restart.
+    pub max_connections: u32,
+    /// Largest message a client may send, in bytes; a larger one gets 08P01 and a
+    /// closed connection. Protects memory from a hostile length prefix.
+    /// Default 64 MiB. Needs a restart.
+    pub max_message_bytes: u32,
+    /// Time a client has from connecting to finishing authentication. Default `30s`.
+    pub handshake_timeout: DurationValue,
+    /// A client that sends nothing for this long while no statement runs is
+    /// disconnected. `0s` (the default) disables it.
+    pub idle_timeout: DurationValue,
+    /// On SIGTERM/SIGINT, how long running statements may take to finish before
+    /// their sessions are closed with 57P01. Default `30s`.
+    pub shutdown_grace: DurationValue,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            address: "0.0.0.0:6432".into(),
+            max_connections: 1000,
+            max_message_bytes: 64 * 1024 * 1024,
+            handshake_timeout: DurationValue::from_secs(30),
+            idle_timeout: DurationValue::from_secs(0),
+            shutdown_grace: DurationValue::from_secs(30),
+        }
+    }
+}
+
+/// `[upstream]`: the Postgres server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Upstream {
+    /// Host name or IP address of Postgres. Default `127.0.0.1`. Needs a restart.
+    pub host: String,
+    /// Port of Postgres. Default 5432. Needs a restart.
+    pub port: u16,
+    /// TLS toward Postgres. Only `disable` (the default) is implemented so far.
+    pub tls: UpstreamTls,
+    /// Time allowed to open a connection to Postgres. Default `10s`.
+    pub connect_timeout: DurationValue,
+    /// The proxy's own login, for catalog, keys and the audit sink. Empty (the
+    /// default): the proxy opens no connection of its own, which is enough for a
+    /// pure pass-through proxy.
+    pub admin_user: String,
+    /// Password of `admin_user`, as `env:VAR` or `file:PATH`. Default none.
+    pub admin_password: Option<Secret>,
+    /// Database the proxy's own connection uses. Default `postgres`.
+    pub admin_database: String,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            tls: UpstreamTls::Disable,
+            connect_timeout: DurationValue::from_secs(10),
+            admin_user: String::new(),
+            admin_password: None,
+            admin_database: "postgres".into(),
+        }
+    }
+}
+
+/// `upstream.tls`, with libpq's `sslmode` vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// Largest `listen.max_message_bytes` accepted: Postgres itself refuses messages
+/// over 1 GiB.
+pub const MAX_MESSAGE_BYTES_LIMIT: u32 = 1 << 30;
+
+/// Smallest `listen.max_message_bytes` accepted: below this, ordinary startup and
+/// authentication messages would not fit.
+pub const MIN_MESSAGE_BYTES_LIMIT: u32 = 16 * 1024;
+
+impl Config {
+    /// Every problem in the configuration, each prefixed with its key path.
+    /// Empty means valid.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, msg: String| problems.push(format!("{key}: {msg}"));
+
+        if let Err(e) = self.listen.address.parse::<SocketAddr>() {
+            problem(
+                "listen.address",
+                format!(
+                    "{:?} is not an IP address with a port ({e})",
+                    self.listen.address
+                ),
+            );
+        }
+        if self.listen.max_connections == 0 {
+            problem("listen.max_connections", "must be at least 1".into());
+        }
+        let mb = self.listen.max_message_bytes;
+        if !(MIN_MESSAGE_BYTES_LIMIT..=MAX_MESSAGE_BYTES_LIMIT).contains(&mb) {
+            problem(
+                "listen.max_message_bytes",
+                format!("{mb} is outside {MIN_MESSAGE_BYTES_LIMIT}..={MAX_MESSAGE_BYTES_LIMIT}"),
+            );
+        }
+        for (key, d) in [
+            ("listen.handshake_timeout", &self.listen.handshake_timeout),
+            ("listen.idle_timeout", &self.listen.idle_timeout),
+            ("listen.shutdown_grace", &self.listen.shutdown_grace),
+            ("upstream.connect_timeout", &self.upstream.connect_timeout),
+        ] {
+            if let Some(e) = d.error() {
+                problem(key, e.to_string());
+            }
+        }
+        if self.listen.handshake_timeout.get().is_zero() {
+            problem("listen.handshake_timeout", "must be more than 0s".into());
+        }
+        if self.upstream.connect_timeout.get().is_zero() {
+            problem("upstream.connect_timeout", "must be more than 0s".into());
+        }
+
+        if self.upstream.host.trim().is_empty() {
+            problem("upstream.host", "must not be empty".into());
+        }
+        if self.upstream.port == 0 {
+            problem("upstream.port", "must be between 1 and 65535".into());
+        }
+        if self.upstream.tls != UpstreamTls::Disable {
+            problem(
+                "upstream.tls",
+                "only \"disable\" is implemented in this version; TLS toward Postgres is \
+                 not available yet"
+                    .into(),
+            );
+        }
+        if let Some(secret) = &self.upstream.admin_password {
+            if let Err(e) = secret.resolve() {
+                problem("upstream.admin_password", e);
+            }
+            if self.upstream.admin_user.is_empty() {
+                problem(
+                    "upstream.admin_password",
+                    "is set but upstream.admin_user is empty".into(),
+                );
+            }
+        }
+        problems
+    }
+
+    /// `listen.address`, parsed. Only meaningful after [`Config::validate`] passed.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.address.parse().ok()
+    }
+}
+
+impl Listen {
+    /// `idle_timeout` as an option: `None` when disabled.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        let d = self.idle_timeout.get();
+        (!d.is_zero()).then_some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+use std::path::Path;
+use std::time::Duration;
+
+use crate::{load_str, Config, ConfigError, Secret};
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match load_str(text, no_env()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems(),
+    }
+}
+
+#[test]
+fn empty_file_is_a_complete_pass_through_config() {
+    let c = load_str("", no_env()).unwrap();
+    assert_eq!(c.listen.address, "0.0.0.0:6432");
+    assert_eq!(c.listen.max_connections, 1000);
+    assert_eq!(c.listen.handshake_timeout.get(), Duration::from_secs(30));
+    assert_eq!(c.listen.idle_timeout(), None);
+    assert_eq!(c.upstream.port, 5432);
+    assert!(c.upstream.admin_password.is_none());
+}
+
+#[test]
+fn durations_take_units() {
+    let c = load_str(
+        "[listen]\nhandshake_timeout = \"250ms\"\nidle_timeout = \"15m\"\n",
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(c.listen.handshake_timeout.get(), Duration::from_millis(250));
+    assert_eq!(c.listen.idle_timeout(), Some(Duration::from_secs(900)));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key_path() {
+    let p = problems(
+        r#"
+[listen]
+address = "not an address"
+handshake_timeout = "soon"
+idle_timeout = 30
+colour = "blue"
+
+[upstream]
+port = 0
+tls = "require"
+admin_password = "hunter2"
+
+[nonsense]
+x = 1
+"#,
+    );
+    let joined = p.join("\n");
+    for key in [
+        "listen.address:",
+        "listen.handshake_timeout:",
+        "listen.idle_timeout:",
+        "listen.colour: unknown key",
+        "upstream.port:",
+        "upstream.tls:",
+        "upstream.admin_password:",
+        "nonsense: unknown key",
+    ] {
+        assert!(joined.contains(key), "missing {key} in:\n{joined}");
+    }
+    assert!(
+        !joined.contains("hunter2"),
+        "an inline secret was echoed:\n{joined}"
+    );
+}
+
+#[test]
+fn a_wrong_type_names_its_key() {
+    let p = problems("[listen]\nmax_connections = \"many\"\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("max_connections"), "{p:?}");
+}
+
+#[test]
+fn invalid_toml_is_reported() {
+    let p = problems("[listen\n");
+    assert!(p[0].contains("not valid TOML"), "{p:?}");
+}
+
+#[test]
+fn environment_overrides_keys() {
+    let env = vec![
+        (
+            "PGWARDEN__LISTEN__ADDRESS".to_string(),
+            "127.0.0.1:7000".to_string(),
+        ),
+        ("PGWARDEN__UPSTREAM__PORT".to_string(), "5999".to_string()),
+        (
+            "PGWARDEN_ADMIN_PASSWORD".to_string(),
+            "not an override".to_string(),
+        ),
+    ];
+    let c = load_str("[listen]\naddress = \"0.0.0.0:1\"\n", env).unwrap();
+    assert_eq!(c.listen.address, "127.0.0.1:7000");
+    assert_eq!(c.upstream.port, 5999);
+}
+
+#[test]
+fn an_unknown_override_is_an_error() {
+    let env = vec![("PGWARDEN__LISTEN__ADRESS".to_string(), "x".to_string())];
+    let err = load_str("", env).unwrap_err();
+    assert!(
+        err.to_string().contains("listen.adress: unknown key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_come_from_env_or_file_and_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pw");
+    std::fs::write(&path, "s3cret\n").unwrap();
+    let s = Secret::File(path.display().to_string()).resolve().unwrap();
+    assert_eq!(s.expose(), "s3cret");
+    assert_eq!(format!("{s:?}"), "[redacted]");
+
+    let err = Secret::Env("PGWARDEN_TEST_SURELY_UNSET_VAR".into())
+        .resolve()
+        .unwrap_err();
+    assert!(err.contains("PGWARDEN_TEST_SURELY_UNSET_VAR is not set"));
+
+    let text = format!(
+        "[upstream]\nadmin_user = \"pgwarden\"\nadmin_password = \"file:{}\"\n",
+        path.display()
+    );
+    let c = load_str(&text, no_env()).unwrap();
+    assert!(!format!("{c:?}").contains("s3cret"));
+}
+
+#[test]
+fn max_message_bytes_is_bounded() {
+    let p = problems("[listen]\nmax_message_bytes = 10\n");
+    assert!(p[0].starts_with("listen.max_message_bytes"), "{p:?}");
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = load_str(&text, no_env()) {
+                panic!("{} is invalid: {e}", path.display());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no example configs in {}", dir.display());
+}
+
+#[test]
+fn config_error_lists_problems_one_per_line() {
+    let e = ConfigError::Invalid(vec!["a: x".into(), "b: y".into()]);
+    assert_eq!(e.to_string(), "invalid configuration:\n  a: x\n  b: y");
+    let _ = Config::default();
+}

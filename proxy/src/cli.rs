@@ -1,0 +1,116 @@
+//! Command-line interface: `run`, `check-config`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::listener::Proxy;
+
+#[derive(Parser)]
+#[command(name = "pgwarden", version, about = "PostgreSQL security proxy")]
+struct Cli {
+    /// Configuration file; with no subcommand, runs the proxy with it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy.
+    Run,
+    /// Validate a configuration file; exit 1 with every problem listed.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Start a throwaway Postgres with sample data and pgwarden in front of it.
+    Demo {
+        /// Port for the proxy (default 6432, or a free one if taken).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Some(Cmd::CheckConfig { file }) => return check_config(&file),
+        Some(Cmd::Demo { port }) => crate::demo::run(port),
+        Some(Cmd::Run) | None => match cli.config {
+            Some(path) => run(&path),
+            None => Err(anyhow::anyhow!(
+                "no configuration: use `pgwarden run --config FILE` (see \
+                 config/examples/pgwarden.toml) or try `pgwarden demo`"
+            )),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match pgwarden_config::load_file(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Arc::new(pgwarden_config::load_file(path)?);
+    runtime()?.block_on(async {
+        let proxy = Proxy::bind(config).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        proxy.run(shutdown).await?;
+        Ok(())
+    })
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub(crate) async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,68 @@
+//! The first packets of a connection: SSLRequest and GSSENCRequest (declined for
+//! now), CancelRequest (mapped to the upstream key and sent on), StartupMessage.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::cancel::CancelMap;
+use crate::error::ClientError;
+use crate::protocol::{self, Startup, StartupPacket};
+use crate::upstream;
+
+/// How many SSLRequest/GSSENCRequest a client may send before its StartupMessage
+/// (libpq sends at most one of each).
+const MAX_NEGOTIATIONS: usize = 2;
+
+/// Time allowed for forwarding a cancel to Postgres.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the first packets of a connection amounted to.
+#[derive(Debug)]
+pub enum Opening {
+    /// A StartupMessage: a session begins.
+    Startup(Startup),
+    /// A CancelRequest, handled; the connection ends.
+    Cancel,
+    /// The client closed before sending a StartupMessage.
+    Closed,
+}
+
+/// Reads packets until a StartupMessage or CancelRequest, answering 'N' to
+/// SSLRequest and GSSENCRequest.
+///
+/// Not cancel safe; runs under the handshake timeout, which ends the connection.
+pub async fn read_opening<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    cancels: &CancelMap,
+) -> Result<Opening, ClientError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    for _ in 0..=MAX_NEGOTIATIONS {
+        let Some(packet) = protocol::read_startup(rd).await? else {
+            return Ok(Opening::Closed);
+        };
+        match packet {
+            StartupPacket::Ssl | StartupPacket::GssEnc => {
+                wr.write_all(b"N").await.map_err(ClientError::io)?;
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                if let Some(key) = cancels.lookup(pid, secret) {
+                    if let Err(e) = upstream::send_cancel(&key, CANCEL_TIMEOUT).await {
+                        tracing::warn!(error = %e, "could not forward a cancel request");
+                    }
+                } else {
+                    tracing::info!("cancel request with an unknown key ignored");
+                }
+                return Ok(Opening::Cancel);
+            }
+            StartupPacket::Startup(s) => return Ok(Opening::Startup(s)),
+        }
+    }
+    Err(ClientError::protocol_violation(
+        "too many SSLRequest/GSSENCRequest packets before the StartupMessage",
+    ))
+}

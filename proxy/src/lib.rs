@@ -1,0 +1,34 @@
+//! pgwarden: a PostgreSQL wire-protocol proxy that applications connect to instead
+//! of Postgres.
+//!
+//! This version is the transparent foundation: it relays every message between
+//! client and Postgres unchanged, except for what a proxy must own itself (the
+//! cancel keys, the SSL/GSSAPI negotiation, SCRAM channel binding), and it
+//! refuses malformed input without harming other clients.
+//!
+//! # Layout
+//! One module per stage of a connection's life:
+//! - [`listener`]: accept, the connection cap, graceful shutdown;
+//! - [`handshake`]: SSLRequest, GSSENCRequest, CancelRequest, StartupMessage;
+//! - [`auth`]: relaying authentication, swapping cancel keys;
+//! - [`session`]: the two message loops;
+//! - [`upstream`]: connecting to Postgres.
+//!
+//! Beside them: [`protocol`] (framing, the messages we build), [`error`] (the
+//! one place errors become SQLSTATEs for clients), [`cancel`] (cancel-key map),
+//! [`cluster`] (throwaway local Postgres for the demo, tests and benchmarks),
+//! [`cli`] and [`demo`].
+
+pub mod auth;
+pub mod cancel;
+pub mod cli;
+pub mod cluster;
+pub mod demo;
+pub mod error;
+pub mod handshake;
+pub mod listener;
+pub mod protocol;
+pub mod session;
+pub mod upstream;
+
+pub use listener::{Proxy, ProxyHandle};

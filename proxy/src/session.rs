@@ -1,0 +1,285 @@
+//! One client's session, from accept to close: handshake, upstream connection,
+//! authentication relay, then the two message loops.
+//!
+//! The loops run as two futures in one task, so each direction moves on its own
+//! (a client pipelining while Postgres streams results never deadlocks on a full
+//! socket buffer) without a task switch per message. Each loop reads into its
+//! [`Framer`]'s reusable buffer, splits off every whole message as one `Bytes`
+//! and writes it with one call: no copy, no allocation per message, and writes
+//! batched by what one read brought.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth;
+use crate::error::ClientError;
+use crate::handshake::{self, Opening};
+use crate::listener::Shared;
+use crate::protocol::{Fill, FrameError, Framer};
+
+/// How a session (or its handshake) ended; decides what is sent on the way out.
+#[derive(Debug)]
+pub enum End {
+    /// The client sent Terminate, which was forwarded.
+    ClientTerminated,
+    /// The client's socket closed or failed.
+    ClientGone,
+    /// The client broke the protocol or a limit: tell it, then close.
+    Client(ClientError),
+    /// Postgres' socket closed or failed.
+    UpstreamGone,
+    /// Postgres misbehaved or could not be reached: tell the client, then close.
+    Upstream(ClientError),
+    /// Postgres refused authentication; its ErrorResponse was forwarded.
+    AuthFailed,
+    /// Shutdown: running statements finished or the grace period ran out.
+    Drained,
+}
+
+impl End {
+    pub(crate) fn framing(e: FrameError, from_upstream: bool) -> End {
+        if from_upstream {
+            return End::Upstream(ClientError::upstream_protocol_violation());
+        }
+        End::Client(match e {
+            FrameError::TooLarge { len, max } => ClientError::message_too_large(len, max),
+            FrameError::BadLength(len) => {
+                ClientError::protocol_violation(format!("invalid message length {len}"))
+            }
+            FrameError::UnknownTag(t) => {
+                ClientError::protocol_violation(format!("invalid frontend message type {t}"))
+            }
+        })
+    }
+}
+
+/// Serves one accepted connection to its end. Never panics on client input.
+pub async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let _ = client.set_nodelay(true);
+    let (mut crd, mut cwr) = client.into_split();
+    let end = run(&mut crd, &mut cwr, peer, &shared, &shutdown).await;
+    match &end {
+        End::Client(e) | End::Upstream(e) => {
+            tracing::info!(%peer, sqlstate = e.sqlstate, error = %e.message, "session closed");
+            let _ = cwr.write_all(&e.to_message()).await;
+        }
+        End::Drained => {
+            let _ = cwr
+                .write_all(&ClientError::shutting_down().to_message())
+                .await;
+        }
+        _ => tracing::debug!(%peer, end = ?end, "session closed"),
+    }
+    let _ = cwr.shutdown().await;
+}
+
+async fn run<CR, CW>(
+    crd: &mut CR,
+    cwr: &mut CW,
+    peer: SocketAddr,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> End
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+{
+    let listen = &shared.config.listen;
+    let mut client = Framer::frontend(listen.max_message_bytes as usize);
+    let mut upstream = Framer::backend();
+
+    let handshake = async {
+        let startup = match handshake::read_opening(crd, cwr, &shared.cancels).await {
+            Ok(Opening::Startup(s)) => s,
+            Ok(Opening::Cancel | Opening::Closed) => return Err(End::ClientGone),
+            Err(e) => return Err(End::Client(e)),
+        };
+        let conn = shared.upstream.connect().await.map_err(|e| {
+            tracing::warn!(%peer, error = %e, "cannot reach upstream Postgres");
+            End::Upstream(ClientError::upstream_unreachable())
+        })?;
+        let addr = conn
+            .peer_addr()
+            .map_err(|_| End::Upstream(ClientError::upstream_unreachable()))?;
+        let (mut urd, mut uwr) = conn.into_split();
+        uwr.write_all(&startup.raw)
+            .await
+            .map_err(|_| End::UpstreamGone)?;
+        let sides = auth::Sides {
+            client_rd: crd,
+            client_wr: cwr,
+            client: &mut client,
+            upstream_rd: &mut urd,
+            upstream_wr: &mut uwr,
+            upstream: &mut upstream,
+        };
+        let registration = auth::relay(sides, &shared.cancels, addr).await?;
+        tracing::debug!(%peer, user = startup.user(), database = startup.database(), "authenticated");
+        Ok((urd, uwr, registration))
+    };
+    let (mut urd, mut uwr, _registration) = tokio::select! {
+        r = tokio::time::timeout(listen.handshake_timeout.get(), handshake) => match r {
+            Ok(Ok(established)) => established,
+            Ok(Err(end)) => return end,
+            Err(_) => return End::Client(ClientError::handshake_timeout()),
+        },
+        _ = shutdown.cancelled() => return End::Drained,
+    };
+
+    let state = SessionState::default();
+    let end = tokio::select! {
+        end = client_to_upstream(&mut client, crd, &mut uwr, &state, listen.idle_timeout()) => end,
+        end = upstream_to_client(
+            &mut upstream, &mut urd, cwr, &state, shutdown, listen.shutdown_grace.get(),
+        ) => end,
+    };
+    if matches!(end, End::ClientGone | End::Client(_) | End::Drained) {
+        // Let the backend end cleanly instead of logging a lost connection.
+        let _ = uwr.write_all(&crate::protocol::terminate()).await;
+    }
+    let _ = uwr.shutdown().await;
+    end
+}
+
+/// What the two loops of one session share.
+#[derive(Default)]
+struct SessionState {
+    /// ReadyForQuery messages Postgres still owes: one per Query, Sync and
+    /// FunctionCall sent. Zero means no statement is running.
+    pending: AtomicU32,
+    /// Extended-protocol messages were sent since the last Sync: a statement
+    /// may be running even though no ReadyForQuery is owed yet.
+    unsynced: AtomicBool,
+}
+
+impl SessionState {
+    fn idle(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0 && !self.unsynced.load(Ordering::Acquire)
+    }
+}
+
+/// Client → Postgres. Cancel safe at its await points (a [`Framer`] keeps what
+/// it read), except within a write, which only a session's end interrupts.
+async fn client_to_upstream<R, W>(
+    framer: &mut Framer,
+    rd: &mut R,
+    wr: &mut W,
+    state: &SessionState,
+    idle_timeout: Option<Duration>,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let filled = match idle_timeout.filter(|_| state.idle()) {
+            Some(limit) => match tokio::time::timeout(limit, framer.fill(rd)).await {
+                Ok(r) => r,
+                Err(_) => return End::Client(ClientError::idle_timeout()),
+            },
+            None => framer.fill(rd).await,
+        };
+        match filled {
+            Ok(Ok(Fill::Ready)) => {}
+            Ok(Ok(Fill::Eof { .. })) | Err(_) => return End::ClientGone,
+            Ok(Err(e)) => return End::framing(e, false),
+        }
+        let mut terminated = false;
+        let (batch, error) = framer.split_batch(|tag, _| {
+            if terminated {
+                return false;
+            }
+            match tag {
+                b'Q' | b'F' => {
+                    state.pending.fetch_add(1, Ordering::AcqRel);
+                }
+                b'S' => {
+                    state.pending.fetch_add(1, Ordering::AcqRel);
+                    state.unsynced.store(false, Ordering::Release);
+                }
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+                    state.unsynced.store(true, Ordering::Release);
+                }
+                b'X' => terminated = true,
+                _ => {}
+            }
+            true
+        });
+        if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
+            return End::UpstreamGone;
+        }
+        if terminated {
+            return End::ClientTerminated;
+        }
+        if let Some(e) = error {
+            return End::framing(e, false);
+        }
+    }
+}
+
+/// Postgres → client. Also watches for shutdown: once it is requested, the
+/// session ends at the next moment no statement runs, or when `grace` is over.
+async fn upstream_to_client<R, W>(
+    framer: &mut Framer,
+    rd: &mut R,
+    wr: &mut W,
+    state: &SessionState,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut deadline: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            filled = framer.fill(rd) => match filled {
+                Ok(Ok(Fill::Ready)) => {}
+                Ok(Ok(Fill::Eof { .. })) | Err(_) => return End::UpstreamGone,
+                Ok(Err(e)) => return End::framing(e, true),
+            },
+            _ = shutdown.cancelled(), if deadline.is_none() => {
+                if state.idle() {
+                    return End::Drained;
+                }
+                deadline = Some(Instant::now() + grace);
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                if deadline.is_some() => return End::Drained,
+        }
+        let (batch, error) = framer.split_batch(|tag, _| {
+            if tag == b'Z' {
+                // Saturating: a ReadyForQuery we did not count never underflows.
+                let _ = state
+                    .pending
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+            }
+            true
+        });
+        if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
+            return End::ClientGone;
+        }
+        if error.is_some() {
+            return End::Upstream(ClientError::upstream_protocol_violation());
+        }
+        if deadline.is_some() && state.idle() {
+            return End::Drained;
+        }
+    }
+}
