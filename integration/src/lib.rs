@@ -1,1 +1,278 @@
+//! pgwarden's end-to-end test harness: a throwaway Postgres cluster per test, a
+//! pgwarden proxy in front of it (in-process, or as the real binary), and helpers
+//! to reach both with real clients so that every result through the proxy can be
+//! compared with the same operation made directly.
+//!
+//! # Layout
+//! - [`TestEnv`]: cluster + in-process proxy; dropped at the end of a test (even a
+//!   failing one), which stops Postgres and removes its files.
+//! - [`ProxyProcess`]: the `pgwarden` binary as a child process, for signals.
+//! - [`python`]: the virtualenv interpreter with psycopg 3, for Python clients.
+//!
+//! Every test gets its own cluster on free ports, so tests run in parallel. The
+//! initialised data directory is cached under `target/` and copied per test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a harness that cannot set up should fail the test loudly"
+)]
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use pgwarden::cluster::{roles, Cluster, PASSWORD};
+use pgwarden::{Proxy, ProxyHandle};
+use pgwarden_config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Where the initialised data directory is cached between tests.
+pub fn template_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/pg-template")
+}
+
+/// Starts a throwaway cluster, panicking with the harness' message (for example
+/// how to install Postgres) if it cannot.
+pub fn start_cluster() -> Cluster {
+    match Cluster::start(Some(&template_dir())) {
+        Ok(c) => c,
+        Err(e) => panic!("cannot start a throwaway Postgres: {e}"),
+    }
+}
+
+/// The TOML of a pass-through proxy on a free port in front of `pg`.
+pub fn base_config_toml(pg: &Cluster) -> String {
+    format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n\
+         [upstream]\nhost = \"127.0.0.1\"\nport = {}\n",
+        pg.port()
+    )
+}
+
+/// A throwaway Postgres with a pgwarden proxy in front of it, in this process.
+pub struct TestEnv {
+    pub pg: Cluster,
+    pub proxy_addr: SocketAddr,
+    pub handle: ProxyHandle,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestEnv {
+    /// Cluster + proxy with the default pass-through configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Cluster + proxy, with `tweak` applied to the configuration first.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let pg = tokio::task::spawn_blocking(start_cluster).await.unwrap();
+        let mut config = pgwarden_config::load_str(&base_config_toml(&pg), std::iter::empty())
+            .expect("base test config is valid");
+        tweak(&mut config);
+        let problems = config.validate();
+        assert!(problems.is_empty(), "test config invalid: {problems:?}");
+        let proxy = Proxy::bind(Arc::new(config)).await.unwrap();
+        let proxy_addr = proxy.local_addr().unwrap();
+        let handle = proxy.handle();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(proxy.run(shutdown.clone()));
+        Self {
+            pg,
+            proxy_addr,
+            handle,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// A libpq-style connection string through the proxy.
+    pub fn proxy_url(&self, user: &str, database: &str) -> String {
+        url(self.proxy_addr.port(), user, database)
+    }
+
+    /// The same, directly to Postgres.
+    pub fn direct_url(&self, user: &str, database: &str) -> String {
+        url(self.pg.port(), user, database)
+    }
+
+    /// A tokio-postgres client through the proxy, as the SCRAM superuser.
+    pub async fn proxy_client(&self) -> tokio_postgres::Client {
+        connect(&self.proxy_url(roles::SCRAM, "postgres")).await
+    }
+
+    /// A tokio-postgres client directly to Postgres, as the SCRAM superuser.
+    pub async fn direct_client(&self) -> tokio_postgres::Client {
+        connect(&self.direct_url(roles::SCRAM, "postgres")).await
+    }
+
+    /// Requests graceful shutdown and waits for the proxy to finish it.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(t) => t.await.expect("proxy task panicked"),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the proxy serves no connection (or `limit` passes), and
+    /// returns how many remain: sessions must not outlive their sockets.
+    pub async fn wait_for_no_connections(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.handle.active_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.handle.active_connections()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+pub fn url(port: u16, user: &str, database: &str) -> String {
+    format!("postgresql://{user}:{PASSWORD}@127.0.0.1:{port}/{database}?sslmode=disable")
+}
+
+/// Connects with tokio-postgres and drives the connection in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    try_connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e:?}"))
+}
+
+pub async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The `pgwarden` binary of this build (built by `cargo test --workspace` and
+/// `cargo nextest run --workspace`, next to the test executables).
+pub fn pgwarden_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("pgwarden");
+    assert!(
+        bin.is_file(),
+        "{} not found: run the tests with `cargo nextest run --workspace` (or build it with \
+         `cargo build -p pgwarden`)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `pgwarden` binary running as a child process with a config file.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub port: u16,
+    /// Holds the config file.
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Starts `pgwarden run --config` with `toml` (whose `listen.address` must
+    /// use `port`) and waits until it accepts connections.
+    pub fn start(toml: &str, port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgwarden.toml");
+        std::fs::write(&path, toml).unwrap();
+        let child = Command::new(pgwarden_binary())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("PGWARDEN_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut p = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return p;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("pgwarden exited at start: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = p.child.kill();
+        panic!("pgwarden did not start listening on port {port}");
+    }
+
+    /// Sends `signal` (e.g. "TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub mod python {
+    //! Python clients: an interpreter with psycopg 3.
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// The interpreter to run Python client tests with: `$PGWARDEN_PYTHON`, or
+    /// the project's `.venv` that `scripts/test` creates. Panics with how to set
+    /// it up when psycopg is not importable.
+    pub fn interpreter() -> PathBuf {
+        let python = std::env::var_os("PGWARDEN_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+        let ok = Command::new(&python)
+            .args(["-c", "import psycopg"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "{} cannot import psycopg. Run the tests with `scripts/test`, which creates \
+             .venv with psycopg 3, or: python3 -m venv .venv && .venv/bin/pip install \
+             'psycopg[binary]'  (or point PGWARDEN_PYTHON at an interpreter that has it)",
+            python.display()
+        );
+        python
+    }
+
+    /// Path of a script in `integration/python/`.
+    pub fn script(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python")
+            .join(name)
+    }
+}

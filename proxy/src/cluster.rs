@@ -34,6 +34,16 @@ host all pgw_md5 127.0.0.1/32 md5
 host all all 127.0.0.1/32 scram-sha-256
 ";
 
+/// The roles of [`roles`]; `{PASSWORD}` stands for [`PASSWORD`].
+const ROLES_SQL: &str = "
+ALTER ROLE postgres PASSWORD '{PASSWORD}';
+CREATE ROLE pgw_scram SUPERUSER LOGIN PASSWORD '{PASSWORD}';
+CREATE ROLE pgw_password SUPERUSER LOGIN PASSWORD '{PASSWORD}';
+CREATE ROLE pgw_trust SUPERUSER LOGIN;
+SET password_encryption = 'md5';
+CREATE ROLE pgw_md5 SUPERUSER LOGIN PASSWORD '{PASSWORD}';
+";
+
 /// Server settings: fast and small, since several clusters run side by side and
 /// their data is thrown away.
 const SETTINGS: &str = "
@@ -164,7 +174,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        pg_ctl_stop(&self.bindir, self.owner, &self.data_dir());
+        pg_ctl_stop(&self.bindir, self.owner, &self.data_dir(), true);
     }
 }
 
@@ -194,11 +204,15 @@ fn pg_ctl_start(
     .map(|_| ())
 }
 
-fn pg_ctl_stop(bindir: &Path, owner: Option<(u32, u32)>, data: &Path) {
+/// Stops a server. `immediate` skips the shutdown checkpoint: right for a
+/// cluster about to be deleted, wrong for one that is kept (with
+/// `synchronous_commit = off` its last commits may not be on disk yet).
+fn pg_ctl_stop(bindir: &Path, owner: Option<(u32, u32)>, data: &Path, immediate: bool) {
+    let mode = if immediate { "immediate" } else { "fast" };
     let _ = as_owner(Command::new(bindir.join("pg_ctl")), owner)
         .arg("-D")
         .arg(data)
-        .args(["-m", "immediate", "-w", "stop"])
+        .args(["-m", mode, "-w", "stop"])
         .output();
 }
 
@@ -242,18 +256,7 @@ fn init_data_dir(
     // Start once on the socket only, to create the roles.
     let port = free_port()?;
     pg_ctl_start(bindir, owner, parent, port)?;
-    let sql = format!(
-        "ALTER ROLE postgres PASSWORD '{PASSWORD}';
-         CREATE ROLE {scram} SUPERUSER LOGIN PASSWORD '{PASSWORD}';
-         CREATE ROLE {password} SUPERUSER LOGIN PASSWORD '{PASSWORD}';
-         CREATE ROLE {trust} SUPERUSER LOGIN;
-         SET password_encryption = 'md5';
-         CREATE ROLE {md5} SUPERUSER LOGIN PASSWORD '{PASSWORD}';",
-        scram = roles::SCRAM,
-        password = roles::PASSWORD,
-        trust = roles::TRUST,
-        md5 = roles::MD5,
-    );
+    let sql = ROLES_SQL.replace("{PASSWORD}", PASSWORD);
     let created = run(
         Command::new(psql_path(bindir))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
@@ -269,7 +272,7 @@ fn init_data_dir(
             .args(["-c", &sql]),
         "creating roles",
     );
-    pg_ctl_stop(bindir, owner, data);
+    pg_ctl_stop(bindir, owner, data, false);
     created.map(|_| ())
 }
 
@@ -290,7 +293,13 @@ fn ensure_template(
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
         .collect();
-    let cached = template.join(format!("pgdata-{tag}"));
+    // A change to the settings, pg_hba.conf or roles makes a new template.
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&(HBA, SETTINGS, ROLES_SQL), &mut h);
+    let cached = template.join(format!(
+        "pgdata-{tag}-{:016x}",
+        std::hash::Hasher::finish(&h)
+    ));
     if cached.join("PG_VERSION").exists() {
         return Ok(cached);
     }
