@@ -23,6 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod wire;
+
 pub use pgwarden::cluster::{roles, Cluster, PASSWORD};
 use pgwarden::{Proxy, ProxyHandle};
 use pgwarden_config::Config;

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -46,17 +46,22 @@ pub enum End {
 impl End {
     pub(crate) fn framing(e: FrameError, from_upstream: bool) -> End {
         if from_upstream {
-            return End::Upstream(ClientError::upstream_protocol_violation());
+            End::Upstream(ClientError::upstream_protocol_violation())
+        } else {
+            End::Client(client_framing_error(e))
         }
-        End::Client(match e {
-            FrameError::TooLarge { len, max } => ClientError::message_too_large(len, max),
-            FrameError::BadLength(len) => {
-                ClientError::protocol_violation(format!("invalid message length {len}"))
-            }
-            FrameError::UnknownTag(t) => {
-                ClientError::protocol_violation(format!("invalid frontend message type {t}"))
-            }
-        })
+    }
+}
+
+fn client_framing_error(e: FrameError) -> ClientError {
+    match e {
+        FrameError::TooLarge { len, max } => ClientError::message_too_large(len, max),
+        FrameError::BadLength(len) => {
+            ClientError::protocol_violation(format!("invalid message length {len}"))
+        }
+        FrameError::UnknownTag(t) => {
+            ClientError::protocol_violation(format!("invalid frontend message type {t}"))
+        }
     }
 }
 
@@ -138,12 +143,23 @@ where
         _ = shutdown.cancelled() => return End::Drained,
     };
 
-    let state = SessionState::default();
+    let state = SessionState {
+        pending: AtomicU32::new(0),
+        unsynced: AtomicBool::new(false),
+        closing: shutdown.child_token(),
+        client_error: Mutex::new(None),
+    };
     let end = tokio::select! {
         end = client_to_upstream(&mut client, crd, &mut uwr, &state, listen.idle_timeout()) => end,
         end = upstream_to_client(
-            &mut upstream, &mut urd, cwr, &state, shutdown, listen.shutdown_grace.get(),
+            &mut upstream, &mut urd, cwr, &state, listen.shutdown_grace.get(),
         ) => end,
+    };
+    let end = match (end, state.take_client_error()) {
+        // The client broke the protocol after messages that Postgres answered
+        // before the session closed: now tell it why.
+        (End::Drained, Some(e)) => End::Client(e),
+        (end, _) => end,
     };
     if matches!(end, End::ClientGone | End::Client(_) | End::Drained) {
         // Let the backend end cleanly instead of logging a lost connection.
@@ -154,7 +170,6 @@ where
 }
 
 /// What the two loops of one session share.
-#[derive(Default)]
 struct SessionState {
     /// ReadyForQuery messages Postgres still owes: one per Query, Sync and
     /// FunctionCall sent. Zero means no statement is running.
@@ -162,11 +177,32 @@ struct SessionState {
     /// Extended-protocol messages were sent since the last Sync: a statement
     /// may be running even though no ReadyForQuery is owed yet.
     unsynced: AtomicBool,
+    /// Cancelled when the session should end once no statement runs: on
+    /// shutdown (a child of the proxy's token) or after a fatal client error,
+    /// so that what Postgres owes for earlier messages still reaches the client.
+    closing: CancellationToken,
+    /// The fatal client error to send once the session has drained.
+    client_error: Mutex<Option<ClientError>>,
 }
 
 impl SessionState {
     fn idle(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0 && !self.unsynced.load(Ordering::Acquire)
+    }
+
+    /// Stops reading from the client; the session ends once drained.
+    async fn fail_client(&self, e: ClientError) -> End {
+        *self.client_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        self.closing.cancel();
+        // The other loop ends the session.
+        std::future::pending().await
+    }
+
+    fn take_client_error(&self) -> Option<ClientError> {
+        self.client_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -187,14 +223,14 @@ where
         let filled = match idle_timeout.filter(|_| state.idle()) {
             Some(limit) => match tokio::time::timeout(limit, framer.fill(rd)).await {
                 Ok(r) => r,
-                Err(_) => return End::Client(ClientError::idle_timeout()),
+                Err(_) => return state.fail_client(ClientError::idle_timeout()).await,
             },
             None => framer.fill(rd).await,
         };
         match filled {
             Ok(Ok(Fill::Ready)) => {}
             Ok(Ok(Fill::Eof { .. })) | Err(_) => return End::ClientGone,
-            Ok(Err(e)) => return End::framing(e, false),
+            Ok(Err(e)) => return state.fail_client(client_framing_error(e)).await,
         }
         let mut terminated = false;
         let (batch, error) = framer.split_batch(|tag, _| {
@@ -224,19 +260,18 @@ where
             return End::ClientTerminated;
         }
         if let Some(e) = error {
-            return End::framing(e, false);
+            return state.fail_client(client_framing_error(e)).await;
         }
     }
 }
 
-/// Postgres → client. Also watches for shutdown: once it is requested, the
+/// Postgres → client. Also watches `state.closing`: once it is cancelled, the
 /// session ends at the next moment no statement runs, or when `grace` is over.
 async fn upstream_to_client<R, W>(
     framer: &mut Framer,
     rd: &mut R,
     wr: &mut W,
     state: &SessionState,
-    shutdown: &CancellationToken,
     grace: Duration,
 ) -> End
 where
@@ -251,7 +286,7 @@ where
                 Ok(Ok(Fill::Eof { .. })) | Err(_) => return End::UpstreamGone,
                 Ok(Err(e)) => return End::framing(e, true),
             },
-            _ = shutdown.cancelled(), if deadline.is_none() => {
+            _ = state.closing.cancelled(), if deadline.is_none() => {
                 if state.idle() {
                     return End::Drained;
                 }
