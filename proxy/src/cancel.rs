@@ -33,6 +33,8 @@ pub struct CancelMap {
 pub struct Registration {
     map: CancelMap,
     pid: i32,
+    /// The session's own upstream key, to cancel what it leaves running.
+    pub upstream: UpstreamKey,
 }
 
 impl Drop for Registration {
@@ -58,16 +60,10 @@ impl CancelMap {
                 break pid;
             }
         };
-        map.insert(pid, Entry { secret, upstream });
+        map.insert(pid, Entry { secret, upstream: upstream.clone() });
         drop(map);
-        (
-            pid,
-            i32::from_be_bytes(secret),
-            Registration {
-                map: self.clone(),
-                pid,
-            },
-        )
+        let reg = Registration { map: self.clone(), pid, upstream };
+        (pid, i32::from_be_bytes(secret), reg)
     }
 
     /// The upstream key for a client's (pid, secret), compared in constant time.

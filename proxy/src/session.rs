@@ -24,6 +24,9 @@ use crate::handshake::{self, Opening};
 use crate::listener::Shared;
 use crate::protocol::{Fill, FrameError, Framer};
 
+/// Time allowed for cancelling a statement a session leaves behind.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How a session (or its handshake) ended; decides what is sent on the way out.
 #[derive(Debug)]
 pub enum End {
@@ -134,7 +137,7 @@ where
         tracing::debug!(%peer, user = startup.user(), database = startup.database(), "authenticated");
         Ok((urd, uwr, registration))
     };
-    let (mut urd, mut uwr, _registration) = tokio::select! {
+    let (mut urd, mut uwr, registration) = tokio::select! {
         r = tokio::time::timeout(listen.handshake_timeout.get(), handshake) => match r {
             Ok(Ok(established)) => established,
             Ok(Err(end)) => return end,
@@ -162,6 +165,11 @@ where
         (end, _) => end,
     };
     if matches!(end, End::ClientGone | End::Client(_) | End::Drained) {
+        if !state.idle() {
+            // Postgres notices a closed socket only when it next writes: a long
+            // statement abandoned by its client would run on. Cancel it.
+            let _ = crate::upstream::send_cancel(&registration.upstream, CANCEL_TIMEOUT).await;
+        }
         // Let the backend end cleanly instead of logging a lost connection.
         let _ = uwr.write_all(&crate::protocol::terminate()).await;
     }
