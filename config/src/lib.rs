@@ -135,10 +135,7 @@ impl Config {
         if let Err(e) = self.listen.address.parse::<SocketAddr>() {
             problem(
                 "listen.address",
-                format!(
-                    "{:?} is not an IP address with a port ({e})",
-                    self.listen.address
-                ),
+                format!("{:?} is not an IP address with a port ({e})", self.listen.address),
             );
         }
         if self.listen.max_connections == 0 {

@@ -13,10 +13,7 @@ pub const ENV_PREFIX: &str = "PGWARDEN__";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     /// Every problem found, one per line, each with its key path.
     #[error("invalid configuration:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
@@ -34,10 +31,8 @@ impl ConfigError {
 
 /// Loads, overrides from the process environment, and validates a file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
     load_str(&text, std::env::vars())
 }
 
@@ -89,12 +84,9 @@ fn apply_override(table: &mut toml::Table, path: &str, raw: &str) -> Result<(), 
     }
     let mut cur = table;
     for seg in parents {
-        let entry = cur
-            .entry(seg.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("{seg} is not a section"))?;
+        let entry =
+            cur.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| format!("{seg} is not a section"))?;
     }
     let value = format!("v = {raw}")
         .parse::<toml::Table>()

@@ -27,11 +27,8 @@ fn empty_file_is_a_complete_pass_through_config() {
 
 #[test]
 fn durations_take_units() {
-    let c = load_str(
-        "[listen]\nhandshake_timeout = \"250ms\"\nidle_timeout = \"15m\"\n",
-        no_env(),
-    )
-    .unwrap();
+    let c = load_str("[listen]\nhandshake_timeout = \"250ms\"\nidle_timeout = \"15m\"\n", no_env())
+        .unwrap();
     assert_eq!(c.listen.handshake_timeout.get(), Duration::from_millis(250));
     assert_eq!(c.listen.idle_timeout(), Some(Duration::from_secs(900)));
 }
@@ -68,10 +65,7 @@ x = 1
     ] {
         assert!(joined.contains(key), "missing {key} in:\n{joined}");
     }
-    assert!(
-        !joined.contains("hunter2"),
-        "an inline secret was echoed:\n{joined}"
-    );
+    assert!(!joined.contains("hunter2"), "an inline secret was echoed:\n{joined}");
 }
 
 #[test]
@@ -90,15 +84,9 @@ fn invalid_toml_is_reported() {
 #[test]
 fn environment_overrides_keys() {
     let env = vec![
-        (
-            "PGWARDEN__LISTEN__ADDRESS".to_string(),
-            "127.0.0.1:7000".to_string(),
-        ),
+        ("PGWARDEN__LISTEN__ADDRESS".to_string(), "127.0.0.1:7000".to_string()),
         ("PGWARDEN__UPSTREAM__PORT".to_string(), "5999".to_string()),
-        (
-            "PGWARDEN_ADMIN_PASSWORD".to_string(),
-            "not an override".to_string(),
-        ),
+        ("PGWARDEN_ADMIN_PASSWORD".to_string(), "not an override".to_string()),
     ];
     let c = load_str("[listen]\naddress = \"0.0.0.0:1\"\n", env).unwrap();
     assert_eq!(c.listen.address, "127.0.0.1:7000");
@@ -109,10 +97,7 @@ fn environment_overrides_keys() {
 fn an_unknown_override_is_an_error() {
     let env = vec![("PGWARDEN__LISTEN__ADRESS".to_string(), "x".to_string())];
     let err = load_str("", env).unwrap_err();
-    assert!(
-        err.to_string().contains("listen.adress: unknown key"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("listen.adress: unknown key"), "{err}");
 }
 
 #[test]
@@ -124,9 +109,7 @@ fn secrets_come_from_env_or_file_and_never_print() {
     assert_eq!(s.expose(), "s3cret");
     assert_eq!(format!("{s:?}"), "[redacted]");
 
-    let err = Secret::Env("PGWARDEN_TEST_SURELY_UNSET_VAR".into())
-        .resolve()
-        .unwrap_err();
+    let err = Secret::Env("PGWARDEN_TEST_SURELY_UNSET_VAR".into()).resolve().unwrap_err();
     assert!(err.contains("PGWARDEN_TEST_SURELY_UNSET_VAR is not set"));
 
     let text = format!(

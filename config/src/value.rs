@@ -19,10 +19,7 @@ pub struct DurationValue {
 
 impl DurationValue {
     pub const fn from_secs(secs: u64) -> Self {
-        Self {
-            value: Duration::from_secs(secs),
-            error: None,
-        }
+        Self { value: Duration::from_secs(secs), error: None }
     }
 
     pub fn get(&self) -> Duration {
@@ -33,7 +30,8 @@ impl DurationValue {
         self.error.as_deref()
     }
 
-    fn parse(text: &str) -> Self {
+    /// Parses a duration with units; an invalid one carries its error.
+    pub fn parse(text: &str) -> Self {
         match humantime::parse_duration(text.trim()) {
             Ok(value) => Self { value, error: None },
             Err(e) => Self {
@@ -67,9 +65,7 @@ impl<'de> Deserialize<'de> for DurationValue {
             Raw::Text(t) => Self::parse(&t),
             Raw::Number(n) => Self {
                 value: Duration::ZERO,
-                error: Some(format!(
-                    "{n} has no unit; write a duration with units, e.g. \"{n}s\""
-                )),
+                error: Some(format!("{n} has no unit; write a duration with units, e.g. \"{n}s\"")),
             },
         })
     }
@@ -105,10 +101,10 @@ impl Secret {
                 }
                 Err(e) => Err(format!("cannot read file {path}: {e}")),
             },
-            Secret::Invalid(_) => Err(
-                "a secret must be written as \"env:VARIABLE\" or \"file:/path\", never inline"
-                    .into(),
-            ),
+            Secret::Invalid(_) => {
+                Err("a secret must be written as \"env:VARIABLE\" or \"file:/path\", never inline"
+                    .into())
+            }
         }
     }
 }
@@ -127,15 +123,13 @@ impl fmt::Debug for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Ok(
-            if let Some(var) = text.strip_prefix("env:").filter(|v| !v.is_empty()) {
-                Secret::Env(var.to_string())
-            } else if let Some(path) = text.strip_prefix("file:").filter(|p| !p.is_empty()) {
-                Secret::File(path.to_string())
-            } else {
-                Secret::Invalid(text)
-            },
-        )
+        Ok(if let Some(var) = text.strip_prefix("env:").filter(|v| !v.is_empty()) {
+            Secret::Env(var.to_string())
+        } else if let Some(path) = text.strip_prefix("file:").filter(|p| !p.is_empty()) {
+            Secret::File(path.to_string())
+        } else {
+            Secret::Invalid(text)
+        })
     }
 }
 

@@ -81,13 +81,7 @@ impl TestEnv {
         let handle = proxy.handle();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(proxy.run(shutdown.clone()));
-        Self {
-            pg,
-            proxy_addr,
-            handle,
-            shutdown,
-            task: Some(task),
-        }
+        Self { pg, proxy_addr, handle, shutdown, task: Some(task) }
     }
 
     /// A libpq-style connection string through the proxy.
@@ -145,9 +139,15 @@ pub fn url(port: u16, user: &str, database: &str) -> String {
 
 /// Connects with tokio-postgres and drives the connection in the background.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    try_connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e:?}"))
+    try_connect(url).await.unwrap_or_else(|e| panic!("connect {url}: {e:?}"))
+}
+
+/// The error a connection attempt that must fail gets.
+pub async fn connect_err(url: &str) -> tokio_postgres::Error {
+    match try_connect(url).await {
+        Ok(_) => panic!("connecting to {url} succeeded, but must fail"),
+        Err(e) => e,
+    }
 }
 
 pub async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -195,11 +195,7 @@ impl ProxyProcess {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let mut p = Self {
-            child,
-            port,
-            _dir: dir,
-        };
+        let mut p = Self { child, port, _dir: dir };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return p;
@@ -273,8 +269,6 @@ pub mod python {
 
     /// Path of a script in `integration/python/`.
     pub fn script(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("python")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
     }
 }

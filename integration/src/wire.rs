@@ -37,12 +37,7 @@ impl Msg {
 
 impl std::fmt::Display for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}",
-            char::from(self.tag),
-            String::from_utf8_lossy(&self.body)
-        )
+        write!(f, "{} {}", char::from(self.tag), String::from_utf8_lossy(&self.body))
     }
 }
 
@@ -151,26 +146,19 @@ impl Wire {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
-        Self {
-            stream,
-            buf: BytesMut::new(),
-        }
+        Self { stream, buf: BytesMut::new() }
     }
 
     /// Connects and starts up as a trust-authenticated user; returns the
     /// messages up to and including the first ReadyForQuery.
     pub async fn startup(addr: SocketAddr, user: &str, database: &str) -> (Self, Vec<Msg>) {
         let mut w = Self::connect(addr).await;
-        w.send(&startup(&[("user", user), ("database", database)]))
-            .await;
+        w.send(&startup(&[("user", user), ("database", database)])).await;
         let msgs = w.until_ready(1).await;
         assert!(
             msgs.iter().all(|m| m.tag != b'E'),
             "startup failed: {}",
-            msgs.iter()
-                .map(|m| m.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
+            msgs.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("; ")
         );
         (w, msgs)
     }
@@ -186,9 +174,7 @@ impl Wire {
 
     /// The next message, or `None` at EOF. Panics after 30 s of silence.
     pub async fn recv(&mut self) -> Option<Msg> {
-        self.recv_within(Duration::from_secs(30))
-            .await
-            .expect("no message within 30s")
+        self.recv_within(Duration::from_secs(30)).await.expect("no message within 30s")
     }
 
     /// The next message within `limit`: `Err` on timeout, `Ok(None)` at EOF.
@@ -201,10 +187,7 @@ impl Wire {
                             as usize;
                     if self.buf.len() > len {
                         let frame = self.buf.split_to(len + 1);
-                        return Some(Msg {
-                            tag: frame[0],
-                            body: frame[5..].to_vec(),
-                        });
+                        return Some(Msg { tag: frame[0], body: frame[5..].to_vec() });
                     }
                 }
                 match self.stream.read_buf(&mut self.buf).await {

@@ -1,5 +1,6 @@
 //! How sessions end: Terminate, abrupt disconnects of either side, and graceful
 //! shutdown (in-process and of the real binary on SIGTERM).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly")]
 
 use std::time::{Duration, Instant};
 
@@ -103,12 +104,7 @@ async fn shutdown_lets_a_running_statement_finish_then_sends_57p01() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_a_statement_that_outlives_the_grace_period() {
     let mut env = TestEnv::start_with(|c| {
-        let grace = pgwarden_config::load_str(
-            "[listen]\nshutdown_grace = \"500ms\"\n",
-            std::iter::empty(),
-        )
-        .unwrap();
-        c.listen.shutdown_grace = grace.listen.shutdown_grace;
+        c.listen.shutdown_grace = pgwarden_config::DurationValue::parse("500ms");
     })
     .await;
     let (mut running, _) = Wire::startup(env.proxy_addr, roles::TRUST, "postgres").await;
@@ -132,9 +128,8 @@ async fn the_binary_shuts_down_gracefully_on_sigterm() {
          [upstream]\nhost = \"127.0.0.1\"\nport = {}\n",
         pg.port()
     );
-    let mut proxy = tokio::task::spawn_blocking(move || ProxyProcess::start(&toml, port))
-        .await
-        .unwrap();
+    let mut proxy =
+        tokio::task::spawn_blocking(move || ProxyProcess::start(&toml, port)).await.unwrap();
     let addr = ([127, 0, 0, 1], port).into();
     let (mut running, _) = Wire::startup(addr, roles::TRUST, "postgres").await;
     running.send(&wire::query("SELECT pg_sleep(1), 'finished'")).await;

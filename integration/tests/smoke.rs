@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly")]
+
 use pgwarden_integration::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

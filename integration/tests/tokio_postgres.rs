@@ -1,5 +1,6 @@
 //! tokio-postgres through the proxy, every result compared with the same
 //! operation made directly to Postgres.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly")]
 
 use std::time::{Duration, Instant};
 
@@ -28,19 +29,9 @@ async fn clients(env: &TestEnv) -> [Client; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_authentication_method_works_through_the_proxy() {
     let env = TestEnv::start().await;
-    for user in [
-        roles::SCRAM,
-        roles::MD5,
-        roles::PASSWORD,
-        roles::TRUST,
-        roles::SUPERUSER,
-    ] {
+    for user in [roles::SCRAM, roles::MD5, roles::PASSWORD, roles::TRUST, roles::SUPERUSER] {
         let c = pgwarden_integration::connect(&env.proxy_url(user, "postgres")).await;
-        let who: String = c
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let who: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
         assert_eq!(who, user);
     }
 }
@@ -55,15 +46,9 @@ async fn simple_and_extended_queries_match_direct() {
                 .await
                 .unwrap(),
         );
-        let stmt = c
-            .prepare("SELECT $1::int8 * 2, $2::text || '!'")
-            .await
-            .unwrap();
+        let stmt = c.prepare("SELECT $1::int8 * 2, $2::text || '!'").await.unwrap();
         let none: Option<String> = None;
-        let null = c
-            .query_one("SELECT $1::text IS NULL", &[&none])
-            .await
-            .unwrap();
+        let null = c.query_one("SELECT $1::text IS NULL", &[&none]).await.unwrap();
         let row = c.query_one(&stmt, &[&21i64, &"hi"]).await.unwrap();
         results.push(format!(
             "{simple:?} {} {} {}",
@@ -87,11 +72,7 @@ async fn binary_results_of_many_types_match_direct() {
     for c in clients(&env).await {
         // tokio-postgres asks for binary results in the extended protocol.
         let row = c.query_one(sql, &[]).await.unwrap();
-        let cols: Vec<String> = row
-            .columns()
-            .iter()
-            .map(|c| c.type_().name().into())
-            .collect();
+        let cols: Vec<String> = row.columns().iter().map(|c| c.type_().name().into()).collect();
         out.push(format!(
             "{cols:?} {} {} {} {} {} {} {} {} {:?} {:?} {:?}",
             row.get::<_, i16>(0),
@@ -115,10 +96,7 @@ async fn binary_results_of_many_types_match_direct() {
 async fn pipelined_queries_return_in_order() {
     let env = TestEnv::start().await;
     let c = env.proxy_client().await;
-    let stmt = c
-        .prepare("SELECT $1::int4, pg_sleep(0.001)::text")
-        .await
-        .unwrap();
+    let stmt = c.prepare("SELECT $1::int4, pg_sleep(0.001)::text").await.unwrap();
     // tokio-postgres pipelines concurrent requests on one connection.
     let futures = (0..200).map(|i| {
         let c = &c;
@@ -139,10 +117,7 @@ async fn errors_are_reported_and_the_session_stays_usable() {
         assert_eq!(e.code().unwrap().code(), "42703");
         let e = c.prepare("SELEC 1").await.unwrap_err();
         assert_eq!(e.code().unwrap().code(), "42601");
-        assert_eq!(
-            c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0),
-            7
-        );
+        assert_eq!(c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
     }
 }
 
@@ -152,13 +127,10 @@ async fn copy_in_and_out_text_csv_and_binary_match_direct() {
     let mut outs = Vec::new();
     for (i, mut c) in clients(&env).await.into_iter().enumerate() {
         let t = format!("copy_t{i}");
-        c.batch_execute(&format!("CREATE TABLE {t} (a int, b text)"))
-            .await
-            .unwrap();
-        for (fmt, data) in [
-            ("text", "1\tone\n2\t\\N\n".to_string()),
-            ("csv", "3,\"th,ree\"\n4,\n".to_string()),
-        ] {
+        c.batch_execute(&format!("CREATE TABLE {t} (a int, b text)")).await.unwrap();
+        for (fmt, data) in
+            [("text", "1\tone\n2\t\\N\n".to_string()), ("csv", "3,\"th,ree\"\n4,\n".to_string())]
+        {
             let sink = c
                 .copy_in::<_, Bytes>(&format!("COPY {t} FROM STDIN (FORMAT {fmt})"))
                 .await
@@ -178,42 +150,30 @@ async fn copy_in_and_out_text_csv_and_binary_match_direct() {
             })
             .await
             .unwrap();
-        let sink = c
-            .copy_in::<_, Bytes>(&format!("COPY {t} FROM STDIN (FORMAT binary)"))
-            .await
-            .unwrap();
+        let sink =
+            c.copy_in::<_, Bytes>(&format!("COPY {t} FROM STDIN (FORMAT binary)")).await.unwrap();
         pin_mut!(sink);
         sink.send(Bytes::from(binary)).await.unwrap();
         assert_eq!(sink.finish().await.unwrap(), 4);
 
         // CopyFail: a sink dropped without finish() aborts the COPY.
         {
-            let sink = c
-                .copy_in::<_, Bytes>(&format!("COPY {t} FROM STDIN"))
-                .await
-                .unwrap();
+            let sink = c.copy_in::<_, Bytes>(&format!("COPY {t} FROM STDIN")).await.unwrap();
             pin_mut!(sink);
             sink.send(Bytes::from_static(b"99\tlost\n")).await.unwrap();
         }
         // COPY inside a rolled-back transaction leaves nothing.
         let tx = c.transaction().await.unwrap();
         {
-            let sink = tx
-                .copy_in::<_, Bytes>(&format!("COPY {t} FROM STDIN"))
-                .await
-                .unwrap();
+            let sink = tx.copy_in::<_, Bytes>(&format!("COPY {t} FROM STDIN")).await.unwrap();
             pin_mut!(sink);
-            sink.send(Bytes::from_static(b"100\trolled back\n"))
-                .await
-                .unwrap();
+            sink.send(Bytes::from_static(b"100\trolled back\n")).await.unwrap();
             sink.finish().await.unwrap();
         }
         tx.rollback().await.unwrap();
 
         let out: Vec<u8> = c
-            .copy_out(&format!(
-                "COPY (SELECT * FROM {t} ORDER BY a, b) TO STDOUT (FORMAT csv)"
-            ))
+            .copy_out(&format!("COPY (SELECT * FROM {t} ORDER BY a, b) TO STDOUT (FORMAT csv)"))
             .await
             .unwrap()
             .try_fold(Vec::new(), |mut acc, b| async move {
@@ -226,11 +186,7 @@ async fn copy_in_and_out_text_csv_and_binary_match_direct() {
     }
     assert_eq!(outs[0], outs[1]);
     assert_eq!(outs[0].lines().count(), 8, "{}", outs[0]);
-    assert!(
-        !outs[0].contains("lost") && !outs[0].contains("rolled back"),
-        "{}",
-        outs[0]
-    );
+    assert!(!outs[0].contains("lost") && !outs[0].contains("rolled back"), "{}", outs[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,16 +201,10 @@ async fn cancel_through_the_proxy_stops_a_running_query() {
     });
     let e = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "57014", "{e:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "cancel did not take effect"
-    );
+    assert!(started.elapsed() < Duration::from_secs(20), "cancel did not take effect");
     canceller.await.unwrap().unwrap();
     // The session survives a cancel.
-    assert_eq!(
-        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
-        1
-    );
+    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,37 +213,25 @@ async fn a_cancel_with_a_wrong_secret_cancels_nothing() {
     let env = TestEnv::start().await;
     let (mut victim, startup) = Wire::startup(env.proxy_addr, roles::TRUST, "postgres").await;
     let key = startup.iter().find(|m| m.tag == b'K').unwrap().body.clone();
-    victim
-        .send(&pgwarden_integration::wire::query(
-            "SELECT pg_sleep(1.5), 'done'",
-        ))
-        .await;
+    victim.send(&pgwarden_integration::wire::query("SELECT pg_sleep(1.5), 'done'")).await;
     let mut forged = key.clone();
     forged[7] ^= 1;
     let mut w = Wire::connect(env.proxy_addr).await;
     let mut packet = vec![0, 0, 0, 16, 4, 210, 22, 46];
     packet.extend(&forged);
     w.send(&packet).await;
-    assert!(
-        w.until_eof().await.is_empty(),
-        "a cancel request gets no answer"
-    );
+    assert!(w.until_eof().await.is_empty(), "a cancel request gets no answer");
     let msgs = victim.until_ready(1).await;
-    assert!(
-        msgs.iter().all(|m| m.tag != b'E'),
-        "forged cancel took effect: {msgs:?}"
-    );
+    assert!(msgs.iter().all(|m| m.tag != b'E'), "forged cancel took effect: {msgs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_are_delivered_through_the_proxy() {
     let env = TestEnv::start().await;
-    let (listener, mut conn) = tokio_postgres::connect(
-        &env.proxy_url(roles::SCRAM, "postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
+    let (listener, mut conn) =
+        tokio_postgres::connect(&env.proxy_url(roles::SCRAM, "postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
     tokio::spawn(async move {
@@ -304,19 +242,10 @@ async fn notifications_are_delivered_through_the_proxy() {
             }
         }
     });
-    listener
-        .batch_execute("LISTEN pgwarden_events")
-        .await
-        .unwrap();
+    listener.batch_execute("LISTEN pgwarden_events").await.unwrap();
     let notifier = env.proxy_client().await;
-    notifier
-        .batch_execute("NOTIFY pgwarden_events, 'hello'")
-        .await
-        .unwrap();
-    notifier
-        .execute("SELECT pg_notify('pgwarden_events', $1)", &[&"second"])
-        .await
-        .unwrap();
+    notifier.batch_execute("NOTIFY pgwarden_events, 'hello'").await.unwrap();
+    notifier.execute("SELECT pg_notify('pgwarden_events', $1)", &[&"second"]).await.unwrap();
     for want in ["hello", "second"] {
         let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
@@ -352,10 +281,7 @@ async fn a_hundred_concurrent_connections_get_their_own_answers() {
         let (i, sum) = t.await.unwrap();
         assert_eq!(sum, i * 5000 + 10);
     }
-    assert_eq!(
-        env.wait_for_no_connections(Duration::from_secs(10)).await,
-        0
-    );
+    assert_eq!(env.wait_for_no_connections(Duration::from_secs(10)).await, 0);
     assert_eq!(env.handle.registered_cancel_keys(), 0);
 }
 

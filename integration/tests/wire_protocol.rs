@@ -1,6 +1,7 @@
 //! Byte-level transcripts: the same messages sent through the proxy and directly
 //! to Postgres must get the same answers, message for message, except the cancel
 //! key (BackendKeyData), which the proxy replaces with its own.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly")]
 
 use pgwarden_integration::wire::{self, Msg, Wire};
 use pgwarden_integration::{roles, TestEnv};
@@ -19,10 +20,7 @@ async fn both(env: &TestEnv, script: &[Vec<u8>], ready: usize) -> (Vec<Msg>, Vec
 }
 
 fn show(msgs: &[Msg]) -> String {
-    msgs.iter()
-        .map(|m| m.to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
+    msgs.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("\n")
 }
 
 async fn assert_same(env: &TestEnv, script: &[Vec<u8>], ready: usize) -> Vec<Msg> {
@@ -46,35 +44,16 @@ async fn startup_is_relayed_with_parameters_and_the_proxys_own_cancel_key() {
         let mut w = Wire::connect(addr).await;
         w.send(&wire::startup(&params)).await;
         let mut msgs = w.until_ready(1).await;
-        w.send(&wire::query("SHOW search_path; SHOW application_name"))
-            .await;
+        w.send(&wire::query("SHOW search_path; SHOW application_name")).await;
         msgs.extend(w.until_ready(1).await);
         transcripts.push(msgs);
     }
     let (via, direct) = (&transcripts[0], &transcripts[1]);
-    let key = |m: &Vec<Msg>| {
-        m.iter()
-            .find(|m| m.tag == b'K')
-            .cloned()
-            .expect("BackendKeyData")
-    };
-    assert_ne!(
-        key(via),
-        key(direct),
-        "the upstream cancel key leaked to the client"
-    );
-    let strip = |m: &Vec<Msg>| {
-        m.iter()
-            .filter(|m| m.tag != b'K')
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let key = |m: &Vec<Msg>| m.iter().find(|m| m.tag == b'K').cloned().expect("BackendKeyData");
+    assert_ne!(key(via), key(direct), "the upstream cancel key leaked to the client");
+    let strip = |m: &Vec<Msg>| m.iter().filter(|m| m.tag != b'K').cloned().collect::<Vec<_>>();
     assert_eq!(show(&strip(via)), show(&strip(direct)));
-    assert!(
-        show(via).contains("DateStyle\0German"),
-        "options not forwarded:\n{}",
-        show(via)
-    );
+    assert!(show(via).contains("DateStyle\0German"), "options not forwarded:\n{}", show(via));
     assert!(show(via).contains("wire-test"));
 }
 
@@ -86,11 +65,7 @@ async fn ssl_and_gssenc_requests_are_declined_and_startup_proceeds() {
     assert_eq!(w.recv_byte().await, Some(b'N'));
     w.send(&[0, 0, 0, 8, 4, 210, 22, 47]).await; // SSLRequest
     assert_eq!(w.recv_byte().await, Some(b'N'));
-    w.send(&wire::startup(&[
-        ("user", roles::TRUST),
-        ("database", "postgres"),
-    ]))
-    .await;
+    w.send(&wire::startup(&[("user", roles::TRUST), ("database", "postgres")])).await;
     let msgs = w.until_ready(1).await;
     assert_eq!(msgs.last().map(|m| m.tag), Some(b'Z'));
 }
@@ -115,15 +90,8 @@ async fn multi_statement_query_with_an_error_in_the_middle_matches_postgres() {
     let errors: Vec<_> = via.iter().filter_map(Msg::sqlstate).collect();
     assert!(errors.contains(&"22012".to_string()), "{errors:?}");
     assert!(errors.contains(&"42703".to_string()), "{errors:?}");
-    assert!(
-        via.iter().any(|m| m.tag == b'I'),
-        "EmptyQueryResponse missing"
-    );
-    assert!(
-        via.iter().any(|m| m.tag == b'N'),
-        "NoticeResponse missing:\n{}",
-        show(&via)
-    );
+    assert!(via.iter().any(|m| m.tag == b'I'), "EmptyQueryResponse missing");
+    assert!(via.iter().any(|m| m.tag == b'N'), "NoticeResponse missing:\n{}", show(&via));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,19 +99,11 @@ async fn transaction_status_in_ready_for_query_is_relayed() {
     let env = TestEnv::start().await;
     let via = assert_same(
         &env,
-        &[
-            wire::query("BEGIN"),
-            wire::query("SELECT 1/0"),
-            wire::query("ROLLBACK"),
-        ],
+        &[wire::query("BEGIN"), wire::query("SELECT 1/0"), wire::query("ROLLBACK")],
         3,
     )
     .await;
-    let states: Vec<u8> = via
-        .iter()
-        .filter(|m| m.tag == b'Z')
-        .map(|m| m.body[0])
-        .collect();
+    let states: Vec<u8> = via.iter().filter(|m| m.tag == b'Z').map(|m| m.body[0]).collect();
     assert_eq!(states, b"TEI");
 }
 
@@ -227,21 +187,12 @@ async fn copy_in_and_out_in_every_format_and_copy_fail_match_postgres() {
         wire::query("COPY (SELECT * FROM t ORDER BY a) TO STDOUT (FORMAT binary)"),
     ];
     let (via, direct) = both(&env, &script, 9).await;
-    assert_eq!(
-        via.len(),
-        direct.len(),
-        "{}\n---\n{}",
-        show(&via),
-        show(&direct)
-    );
+    assert_eq!(via.len(), direct.len(), "{}\n---\n{}", show(&via), show(&direct));
     // Temp tables get different OIDs per session; CopyOutResponse and data must
     // still match exactly.
     assert_eq!(show(&via), show(&direct));
     let text = show(&via);
-    assert!(
-        text.contains("client gave up"),
-        "CopyFail not relayed: {text}"
-    );
+    assert!(text.contains("client gave up"), "CopyFail not relayed: {text}");
     assert!(text.contains("th,ree"));
     assert!(!text.contains("four"), "rolled-back COPY visible: {text}");
     assert!(via.iter().any(|m| m.tag == b'G'), "CopyInResponse missing");

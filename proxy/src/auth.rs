@@ -49,11 +49,7 @@ where
         let msg = next(s.upstream, s.upstream_rd, true).await?;
         match msg.tag {
             b'R' => {
-                let code = msg
-                    .body()
-                    .get(..4)
-                    .map(|mut b| b.get_u32())
-                    .unwrap_or(u32::MAX);
+                let code = msg.body().get(..4).map(|mut b| b.get_u32()).unwrap_or(u32::MAX);
                 if code == 10 {
                     let Some(stripped) = protocol::strip_scram_plus(msg.body()) else {
                         return Err(End::Upstream(ClientError::upstream_protocol_violation()));
@@ -75,10 +71,7 @@ where
                             ))))
                         }
                     }
-                    s.upstream_wr
-                        .write_all(&reply.frame)
-                        .await
-                        .map_err(|_| End::UpstreamGone)?;
+                    s.upstream_wr.write_all(&reply.frame).await.map_err(|_| End::UpstreamGone)?;
                 }
             }
             b'K' => {
@@ -87,11 +80,7 @@ where
                     return Err(End::Upstream(ClientError::upstream_protocol_violation()));
                 }
                 let pid = body.get_i32();
-                let key = UpstreamKey {
-                    addr: upstream_addr,
-                    pid,
-                    secret: body.to_vec(),
-                };
+                let key = UpstreamKey { addr: upstream_addr, pid, secret: body.to_vec() };
                 let (our_pid, our_secret, reg) = cancels.register(key);
                 out.extend_from_slice(&protocol::backend_key_data(our_pid, our_secret));
                 registration = Some(reg);
@@ -119,11 +108,7 @@ async fn next<R: AsyncRead + Unpin>(
     rd: &mut R,
     from_upstream: bool,
 ) -> Result<Message, End> {
-    let gone = if from_upstream {
-        End::UpstreamGone
-    } else {
-        End::ClientGone
-    };
+    let gone = if from_upstream { End::UpstreamGone } else { End::ClientGone };
     match framer.fill(rd).await {
         Err(_) | Ok(Ok(Fill::Eof { .. })) => return Err(gone),
         Ok(Err(e)) => return Err(End::framing(e, from_upstream)),

@@ -87,11 +87,7 @@ mod tests {
     use super::*;
 
     fn key() -> UpstreamKey {
-        UpstreamKey {
-            addr: "127.0.0.1:5432".parse().unwrap(),
-            pid: 77,
-            secret: vec![1, 2, 3, 4],
-        }
+        UpstreamKey { addr: "127.0.0.1:5432".parse().unwrap(), pid: 77, secret: vec![1, 2, 3, 4] }
     }
 
     #[test]
@@ -100,10 +96,7 @@ mod tests {
         let (pid, secret, reg) = map.register(key());
         assert!(pid > 0);
         assert_eq!(map.lookup(pid, secret).unwrap().pid, 77);
-        assert!(
-            map.lookup(pid, secret.wrapping_add(1)).is_none(),
-            "wrong secret accepted"
-        );
+        assert!(map.lookup(pid, secret.wrapping_add(1)).is_none(), "wrong secret accepted");
         drop(reg);
         assert!(map.lookup(pid, secret).is_none());
         assert!(map.is_empty());

@@ -96,10 +96,7 @@ impl Cluster {
         match template {
             Some(t) => {
                 let cached = ensure_template(&bindir, owner, t)?;
-                run(
-                    Command::new("cp").arg("-a").arg(&cached).arg(&data),
-                    "copying the template",
-                )?;
+                run(Command::new("cp").arg("-a").arg(&cached).arg(&data), "copying the template")?;
             }
             None => init_data_dir(&bindir, owner, &data)?,
         }
@@ -107,14 +104,7 @@ impl Cluster {
         for _ in 0..5 {
             let port = free_port()?;
             match pg_ctl_start(&bindir, owner, dir.path(), port) {
-                Ok(()) => {
-                    return Ok(Self {
-                        dir,
-                        bindir,
-                        port,
-                        owner,
-                    })
-                }
+                Ok(()) => return Ok(Self { dir, bindir, port, owner }),
                 // Another process may have taken the port between our probe and
                 // the server's bind; try another.
                 Err(e) => last = Some(e),
@@ -157,14 +147,7 @@ impl Cluster {
                 .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
                 .arg("-h")
                 .arg(self.socket_dir())
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    roles::SUPERUSER,
-                    "-d",
-                    database,
-                ])
+                .args(["-p", &self.port.to_string(), "-U", roles::SUPERUSER, "-d", database])
                 .args(["-c", sql]),
             "psql",
         )?;
@@ -230,15 +213,7 @@ fn init_data_dir(
         as_owner(Command::new(bindir.join("initdb")), owner)
             .arg("-D")
             .arg(data)
-            .args([
-                "-U",
-                roles::SUPERUSER,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ])
+            .args(["-U", roles::SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C"])
             .arg(format!("--pwfile={}", pwfile.display()))
             .arg("--no-sync"),
         "initdb",
@@ -261,14 +236,7 @@ fn init_data_dir(
         Command::new(psql_path(bindir))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(parent)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-U",
-                roles::SUPERUSER,
-                "-d",
-                "postgres",
-            ])
+            .args(["-p", &port.to_string(), "-U", roles::SUPERUSER, "-d", "postgres"])
             .args(["-c", &sql]),
         "creating roles",
     );
@@ -284,29 +252,18 @@ fn ensure_template(
     owner: Option<(u32, u32)>,
     template: &Path,
 ) -> Result<PathBuf, ClusterError> {
-    let version = run(
-        Command::new(bindir.join("initdb")).arg("--version"),
-        "initdb --version",
-    )?;
+    let version = run(Command::new(bindir.join("initdb")).arg("--version"), "initdb --version")?;
     let version = String::from_utf8_lossy(&version.stdout);
-    let tag: String = version
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
-        .collect();
+    let tag: String = version.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
     // A change to the settings, pg_hba.conf or roles makes a new template.
     let mut h = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&(HBA, SETTINGS, ROLES_SQL), &mut h);
-    let cached = template.join(format!(
-        "pgdata-{tag}-{:016x}",
-        std::hash::Hasher::finish(&h)
-    ));
+    let cached = template.join(format!("pgdata-{tag}-{:016x}", std::hash::Hasher::finish(&h)));
     if cached.join("PG_VERSION").exists() {
         return Ok(cached);
     }
     std::fs::create_dir_all(template)?;
-    let work = tempfile::Builder::new()
-        .prefix("build-")
-        .tempdir_in(template)?;
+    let work = tempfile::Builder::new().prefix("build-").tempdir_in(template)?;
     chown(work.path(), owner)?;
     let data = work.path().join("data");
     init_data_dir(bindir, owner, &data)?;
@@ -320,11 +277,7 @@ pub fn find_bindir() -> Result<PathBuf, ClusterError> {
     let has_server = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
     if let Some(d) = std::env::var_os("PGWARDEN_PG_BINDIR") {
         let d = PathBuf::from(d);
-        return if has_server(&d) {
-            Ok(d)
-        } else {
-            Err(ClusterError::NoBinaries)
-        };
+        return if has_server(&d) { Ok(d) } else { Err(ClusterError::NoBinaries) };
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -348,10 +301,7 @@ pub fn find_bindir() -> Result<PathBuf, ClusterError> {
         .filter(|(_, d)| has_server(d))
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, d)| d)
-        .ok_or(ClusterError::NoBinaries)
+    versions.pop().map(|(_, d)| d).ok_or(ClusterError::NoBinaries)
 }
 
 /// psql: beside the server binaries on Debian, otherwise on PATH.
@@ -398,9 +348,7 @@ fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), ClusterError> {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<Output, ClusterError> {

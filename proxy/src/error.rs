@@ -33,21 +33,12 @@ pub struct ClientError {
 
 impl ClientError {
     fn fatal(kind: ErrorKind, sqlstate: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            sqlstate,
-            message: message.into(),
-            fatal: true,
-        }
+        Self { kind, sqlstate, message: message.into(), fatal: true }
     }
 
     /// 08P01: the client sent something that is not the Postgres protocol.
     pub fn protocol_violation(detail: impl Into<String>) -> Self {
-        Self::fatal(
-            ErrorKind::Client,
-            "08P01",
-            format!("protocol violation: {}", detail.into()),
-        )
+        Self::fatal(ErrorKind::Client, "08P01", format!("protocol violation: {}", detail.into()))
     }
 
     /// 08P01: a message longer than `listen.max_message_bytes`.
@@ -122,11 +113,7 @@ impl ClientError {
 
     /// A socket error: nothing will be sent, the connection is gone.
     pub fn io(e: std::io::Error) -> Self {
-        Self::fatal(
-            ErrorKind::Io,
-            "08006",
-            format!("connection failure: {}", e.kind()),
-        )
+        Self::fatal(ErrorKind::Io, "08006", format!("connection failure: {}", e.kind()))
     }
 
     /// This error as an ErrorResponse (B).

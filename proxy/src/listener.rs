@@ -58,10 +58,7 @@ impl Proxy {
     /// Binds `listen.address`. The config must have passed validation.
     pub async fn bind(config: Arc<Config>) -> std::io::Result<Self> {
         let addr = config.listen_addr().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "listen.address is invalid",
-            )
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "listen.address is invalid")
         })?;
         let listener = TcpListener::bind(addr).await?;
         let shared = Arc::new(Shared {
@@ -69,11 +66,7 @@ impl Proxy {
             config,
             cancels: CancelMap::default(),
         });
-        Ok(Self {
-            listener,
-            shared,
-            tracker: TaskTracker::new(),
-        })
+        Ok(Self { listener, shared, tracker: TaskTracker::new() })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -81,10 +74,7 @@ impl Proxy {
     }
 
     pub fn handle(&self) -> ProxyHandle {
-        ProxyHandle {
-            shared: self.shared.clone(),
-            tracker: self.tracker.clone(),
-        }
+        ProxyHandle { shared: self.shared.clone(), tracker: self.tracker.clone() }
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting and waits for
@@ -130,14 +120,8 @@ impl Proxy {
         drop(self.listener);
         self.tracker.close();
         let grace = listen.shutdown_grace.get() + Duration::from_secs(5);
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                left = self.tracker.len(),
-                "sessions still open after the grace period"
-            );
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(left = self.tracker.len(), "sessions still open after the grace period");
         }
         tracing::info!("pgwarden stopped");
         Ok(())
@@ -149,15 +133,11 @@ impl Proxy {
 /// a full proxy must still be able to cancel the statements filling it.
 async fn refuse(mut socket: TcpStream, cancels: &CancelMap) {
     let (mut rd, mut wr) = socket.split();
-    let opening = tokio::time::timeout(
-        REFUSAL_TIMEOUT,
-        handshake::read_opening(&mut rd, &mut wr, cancels),
-    )
-    .await;
-    if let Ok(Ok(Opening::Startup(_))) = opening {
-        let _ = wr
-            .write_all(&ClientError::too_many_connections().to_message())
+    let opening =
+        tokio::time::timeout(REFUSAL_TIMEOUT, handshake::read_opening(&mut rd, &mut wr, cancels))
             .await;
+    if let Ok(Ok(Opening::Startup(_))) = opening {
+        let _ = wr.write_all(&ClientError::too_many_connections().to_message()).await;
     }
     let _ = wr.shutdown().await;
 }

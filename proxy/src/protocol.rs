@@ -77,10 +77,7 @@ pub struct Startup {
 
 impl Startup {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// The login role: the `user` parameter, which Postgres requires.
@@ -123,9 +120,7 @@ pub async fn read_startup<R: AsyncRead + Unpin>(
             ClientError::io(e)
         }
     })?;
-    parse_startup(raw.freeze())
-        .map(Some)
-        .map_err(ClientError::protocol_violation)
+    parse_startup(raw.freeze()).map(Some).map_err(ClientError::protocol_violation)
 }
 
 /// Decodes a startup packet whose length prefix has been checked.
@@ -145,21 +140,14 @@ pub fn parse_startup(raw: Bytes) -> Result<StartupPacket, String> {
             if body.remaining() != 8 {
                 return Err("CancelRequest must carry exactly a process id and a key".into());
             }
-            Ok(StartupPacket::Cancel {
-                pid: body.get_i32(),
-                secret: body.get_i32(),
-            })
+            Ok(StartupPacket::Cancel { pid: body.get_i32(), secret: body.get_i32() })
         }
         v if v >> 16 == 3 => {
             let params = parse_params(&body)?;
             if !params.iter().any(|(k, _)| k == "user") {
                 return Err("no PostgreSQL user name specified in startup packet".into());
             }
-            Ok(StartupPacket::Startup(Startup {
-                version,
-                params,
-                raw,
-            }))
+            Ok(StartupPacket::Startup(Startup { version, params, raw }))
         }
         v => Err(format!(
             "unsupported frontend protocol {}.{}: pgwarden speaks protocol 3",
@@ -243,11 +231,7 @@ pub enum Fill {
 impl Framer {
     /// A framer for messages from a client.
     pub fn frontend(max_len: usize) -> Self {
-        Self {
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            max_len,
-            frontend: true,
-        }
+        Self { buf: BytesMut::with_capacity(READ_CHUNK), max_len, frontend: true }
     }
 
     /// A framer for messages from Postgres.
@@ -280,10 +264,7 @@ impl Framer {
         }
         let len = len as usize;
         if len > self.max_len {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_len,
-            });
+            return Err(FrameError::TooLarge { len, max: self.max_len });
         }
         Ok(Some((tag, len + 1)))
     }
@@ -312,9 +293,7 @@ impl Framer {
             };
             self.buf.reserve(want);
             if r.read_buf(&mut self.buf).await? == 0 {
-                return Ok(Ok(Fill::Eof {
-                    partial: !self.buf.is_empty(),
-                }));
+                return Ok(Ok(Fill::Eof { partial: !self.buf.is_empty() }));
             }
         }
     }
@@ -322,10 +301,9 @@ impl Framer {
     /// Splits off the first message if it is whole.
     pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
         match self.header()? {
-            Some((tag, n)) if self.buf.len() >= n => Ok(Some(Message {
-                tag,
-                frame: self.buf.split_to(n).freeze(),
-            })),
+            Some((tag, n)) if self.buf.len() >= n => {
+                Ok(Some(Message { tag, frame: self.buf.split_to(n).freeze() }))
+            }
             _ => Ok(None),
         }
     }
@@ -361,12 +339,7 @@ impl Framer {
 /// Builds an ErrorResponse (B) or NoticeResponse (B).
 pub fn error_response(severity: &str, sqlstate: &str, message: &str) -> Bytes {
     let mut body = BytesMut::with_capacity(32 + message.len());
-    for (field, value) in [
-        (b'S', severity),
-        (b'V', severity),
-        (b'C', sqlstate),
-        (b'M', message),
-    ] {
+    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', sqlstate), (b'M', message)] {
         body.put_u8(field);
         body.put_slice(value.as_bytes());
         body.put_u8(0);

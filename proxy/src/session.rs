@@ -84,9 +84,7 @@ pub async fn serve(
             let _ = cwr.write_all(&e.to_message()).await;
         }
         End::Drained => {
-            let _ = cwr
-                .write_all(&ClientError::shutting_down().to_message())
-                .await;
+            let _ = cwr.write_all(&ClientError::shutting_down().to_message()).await;
         }
         _ => tracing::debug!(%peer, end = ?end, "session closed"),
     }
@@ -118,13 +116,10 @@ where
             tracing::warn!(%peer, error = %e, "cannot reach upstream Postgres");
             End::Upstream(ClientError::upstream_unreachable())
         })?;
-        let addr = conn
-            .peer_addr()
-            .map_err(|_| End::Upstream(ClientError::upstream_unreachable()))?;
+        let addr =
+            conn.peer_addr().map_err(|_| End::Upstream(ClientError::upstream_unreachable()))?;
         let (mut urd, mut uwr) = conn.into_split();
-        uwr.write_all(&startup.raw)
-            .await
-            .map_err(|_| End::UpstreamGone)?;
+        uwr.write_all(&startup.raw).await.map_err(|_| End::UpstreamGone)?;
         let sides = auth::Sides {
             client_rd: crd,
             client_wr: cwr,
@@ -207,10 +202,7 @@ impl SessionState {
     }
 
     fn take_client_error(&self) -> Option<ClientError> {
-        self.client_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.client_error.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -307,11 +299,9 @@ where
         let (batch, error) = framer.split_batch(|tag, _| {
             if tag == b'Z' {
                 // Saturating: a ReadyForQuery we did not count never underflows.
-                let _ = state
-                    .pending
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        Some(n.saturating_sub(1))
-                    });
+                let _ = state.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(1))
+                });
             }
             true
         });

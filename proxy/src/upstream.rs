@@ -18,11 +18,7 @@ pub struct UpstreamTarget {
 
 impl UpstreamTarget {
     pub fn from_config(c: &pgwarden_config::Upstream) -> Self {
-        Self {
-            host: c.host.clone(),
-            port: c.port,
-            connect_timeout: c.connect_timeout.get(),
-        }
+        Self { host: c.host.clone(), port: c.port, connect_timeout: c.connect_timeout.get() }
     }
 
     /// Opens a TCP connection, trying each address the host resolves to, within
@@ -44,14 +40,9 @@ impl UpstreamTarget {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "host resolved to no address")
             }))
         };
-        tokio::time::timeout(self.connect_timeout, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                ))
-            })
+        tokio::time::timeout(self.connect_timeout, attempt).await.unwrap_or_else(|_| {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))
+        })
     }
 }
 
@@ -60,8 +51,7 @@ impl UpstreamTarget {
 pub async fn send_cancel(key: &UpstreamKey, timeout: Duration) -> std::io::Result<()> {
     let work = async {
         let mut s = TcpStream::connect(key.addr).await?;
-        s.write_all(&protocol::cancel_request(key.pid, &key.secret))
-            .await?;
+        s.write_all(&protocol::cancel_request(key.pid, &key.secret)).await?;
         s.shutdown().await?;
         // Postgres answers nothing and closes; wait for that so the cancel has
         // been read before we return.
@@ -69,12 +59,7 @@ pub async fn send_cancel(key: &UpstreamKey, timeout: Duration) -> std::io::Resul
         let _ = tokio::io::AsyncReadExt::read(&mut s, &mut sink).await;
         Ok(())
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "cancel timed out",
-            ))
-        })
+    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel timed out"))
+    })
 }

@@ -20,14 +20,8 @@ fn startup_bytes(params: &[(&str, &str)]) -> Bytes {
 
 #[test]
 fn startup_parameters_are_decoded_in_order() {
-    let raw = startup_bytes(&[
-        ("user", "app"),
-        ("database", "shop"),
-        ("application_name", "x"),
-    ]);
-    let StartupPacket::Startup(s) = parse_startup(raw.clone()).unwrap() else {
-        panic!()
-    };
+    let raw = startup_bytes(&[("user", "app"), ("database", "shop"), ("application_name", "x")]);
+    let StartupPacket::Startup(s) = parse_startup(raw.clone()).unwrap() else { panic!() };
     assert_eq!(s.user(), "app");
     assert_eq!(s.database(), "shop");
     assert_eq!(s.param("application_name"), Some("x"));
@@ -61,9 +55,7 @@ fn malformed_startup_packets_are_refused() {
     let mut b = BytesMut::new();
     b.put_u32(8);
     b.put_u32(2 << 16);
-    assert!(parse_startup(b.freeze())
-        .unwrap_err()
-        .contains("unsupported frontend protocol"));
+    assert!(parse_startup(b.freeze()).unwrap_err().contains("unsupported frontend protocol"));
     // Cancel with wrong length.
     let mut b = BytesMut::new();
     b.put_u32(12);
@@ -75,10 +67,7 @@ fn malformed_startup_packets_are_refused() {
 #[test]
 fn cancel_request_round_trips() {
     let raw = cancel_request(42, &7i32.to_be_bytes());
-    assert!(matches!(
-        parse_startup(raw).unwrap(),
-        StartupPacket::Cancel { pid: 42, secret: 7 }
-    ));
+    assert!(matches!(parse_startup(raw).unwrap(), StartupPacket::Cancel { pid: 42, secret: 7 }));
 }
 
 #[tokio::test]
@@ -110,10 +99,7 @@ async fn framer_splits_whole_messages_and_keeps_partial_ones() {
     wire.extend(&partial[..6]);
     let mut f = Framer::frontend(1 << 20);
     let mut r = &wire[..];
-    assert!(matches!(
-        f.fill(&mut r).await.unwrap().unwrap(),
-        Fill::Ready
-    ));
+    assert!(matches!(f.fill(&mut r).await.unwrap().unwrap(), Fill::Ready));
     let mut seen = Vec::new();
     let (batch, err) = f.split_batch(|t, _| {
         seen.push(t);
@@ -122,10 +108,7 @@ async fn framer_splits_whole_messages_and_keeps_partial_ones() {
     assert!(err.is_none());
     assert_eq!(seen, b"QS");
     assert_eq!(batch.len(), wire.len() - 6);
-    assert!(matches!(
-        f.fill(&mut r).await.unwrap().unwrap(),
-        Fill::Eof { partial: true }
-    ));
+    assert!(matches!(f.fill(&mut r).await.unwrap().unwrap(), Fill::Eof { partial: true }));
 }
 
 #[tokio::test]
@@ -133,13 +116,7 @@ async fn framer_refuses_unknown_types_bad_and_huge_lengths() {
     for (wire, want) in [
         (msg(b'~', b""), FrameError::UnknownTag(b'~')),
         (vec![b'Q', 0, 0, 0, 3], FrameError::BadLength(3)),
-        (
-            vec![b'Q', 0x7f, 0xff, 0xff, 0xff],
-            FrameError::TooLarge {
-                len: 0x7fff_ffff,
-                max: 1024,
-            },
-        ),
+        (vec![b'Q', 0x7f, 0xff, 0xff, 0xff], FrameError::TooLarge { len: 0x7fff_ffff, max: 1024 }),
     ] {
         let mut f = Framer::frontend(1024);
         let mut r = &wire[..];
@@ -174,10 +151,7 @@ fn scram_plus_is_withdrawn_from_sasl_mechanisms() {
     let mut want = 10u32.to_be_bytes().to_vec();
     want.extend(b"SCRAM-SHA-256\0\0");
     assert_eq!(&out[5..], &want[..]);
-    assert!(
-        strip_scram_plus(b"\0\0\0\x0aSCRAM").is_none(),
-        "unterminated list accepted"
-    );
+    assert!(strip_scram_plus(b"\0\0\0\x0aSCRAM").is_none(), "unterminated list accepted");
     assert!(strip_scram_plus(b"\0\0").is_none());
 }
 
