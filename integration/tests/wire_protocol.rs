@@ -50,7 +50,17 @@ async fn startup_is_relayed_with_parameters_and_the_proxys_own_cancel_key() {
     }
     let (via, direct) = (&transcripts[0], &transcripts[1]);
     let key = |m: &Vec<Msg>| m.iter().find(|m| m.tag == b'K').cloned().expect("BackendKeyData");
-    assert_ne!(key(via), key(direct), "the upstream cancel key leaked to the client");
+    let (kv, kd) = (key(via).body, key(direct).body);
+    assert_ne!(kv[4..], kd[4..], "the upstream cancel secret leaked to the client");
+    // The process id is Postgres' own, as pg_backend_pid() reports it.
+    let mut w = Wire::startup(env.proxy_addr, roles::TRUST, "postgres").await;
+    let pid = i32::from_be_bytes(
+        w.1.iter().find(|m| m.tag == b'K').unwrap().body[..4].try_into().unwrap(),
+    );
+    w.0.send(&wire::query("SELECT pg_backend_pid()")).await;
+    let msgs = w.0.until_ready(1).await;
+    let row = msgs.iter().find(|m| m.tag == b'D').unwrap();
+    assert!(String::from_utf8_lossy(&row.body).ends_with(&pid.to_string()), "{row}");
     let strip = |m: &Vec<Msg>| m.iter().filter(|m| m.tag != b'K').cloned().collect::<Vec<_>>();
     assert_eq!(show(&strip(via)), show(&strip(direct)));
     assert!(show(via).contains("DateStyle\0German"), "options not forwarded:\n{}", show(via));

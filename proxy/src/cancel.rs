@@ -49,17 +49,19 @@ impl CancelMap {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives a session a fresh (pid, secret) for `upstream`.
+    /// Gives a session its client-facing (pid, secret) for `upstream`. The pid
+    /// is Postgres' own when free, so that `pg_backend_pid()` and the sender of
+    /// a notification match what the client was told (clients use that to
+    /// ignore their own notifications); the secret is always the proxy's own.
     pub fn register(&self, upstream: UpstreamKey) -> (i32, i32, Registration) {
         let secret: [u8; 4] = rand::random();
         let mut map = self.lock();
-        let pid = loop {
-            // Positive, like a real process id; clients may print it.
-            let pid = (rand::random::<u32>() >> 1) as i32;
-            if pid != 0 && !map.contains_key(&pid) {
-                break pid;
-            }
-        };
+        let mut pid = upstream.pid;
+        while pid <= 0 || map.contains_key(&pid) {
+            // Taken (a second upstream server reusing a pid): pick another,
+            // positive like a real process id.
+            pid = (rand::random::<u32>() >> 1) as i32;
+        }
         map.insert(pid, Entry { secret, upstream: upstream.clone() });
         drop(map);
         let reg = Registration { map: self.clone(), pid, upstream };
@@ -94,11 +96,14 @@ mod tests {
     fn a_registered_key_maps_to_its_upstream_key_until_the_session_ends() {
         let map = CancelMap::default();
         let (pid, secret, reg) = map.register(key());
-        assert!(pid > 0);
+        assert_eq!(pid, 77, "the upstream pid is kept when free");
+        let (other, _, _other_reg) = map.register(key());
+        assert!(other > 0 && other != 77, "a taken pid is replaced");
         assert_eq!(map.lookup(pid, secret).unwrap().pid, 77);
         assert!(map.lookup(pid, secret.wrapping_add(1)).is_none(), "wrong secret accepted");
         drop(reg);
         assert!(map.lookup(pid, secret).is_none());
+        drop(_other_reg);
         assert!(map.is_empty());
     }
 }
