@@ -539,6 +539,9 @@ def listen_notify():
         listener.execute("LISTEN pgw_chan")
         listener.execute("LISTEN \"pgw other\"")
         notifier_pid = notifier.execute("SELECT pg_backend_pid()").fetchone()[0]
+        # Clients ignore their own notifications by comparing the sender's pid
+        # with the pid BackendKeyData gave them: the two must agree.
+        emit("backend_pid_matches_server", same=notifier.info.backend_pid == notifier_pid)
         notifier.execute("NOTIFY pgw_chan, 'hello'")
         notifier.execute("SELECT pg_notify('pgw other', 'payload with ✓ and ''quotes''')")
         with notifier.transaction():

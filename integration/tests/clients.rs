@@ -484,6 +484,7 @@ async fn psycopg_session_gives_the_same_transcript_through_the_proxy_as_direct()
         // LISTEN/NOTIFY from a second connection
         r#"{"channel": "pgw_chan", "from_notifier": true, "payload": "hello"}"#,
         r#"{"handled": [["pgw_chan", "during query"]], "step": "notify_handler"}"#,
+        r#"{"same": true, "step": "backend_pid_matches_server"}"#,
         // errors and cancel
         r#""sqlstate": "22012""#,
         r#""sqlstate": "57014""#,

@@ -97,13 +97,13 @@ mod tests {
         let map = CancelMap::default();
         let (pid, secret, reg) = map.register(key());
         assert_eq!(pid, 77, "the upstream pid is kept when free");
-        let (other, _, _other_reg) = map.register(key());
+        let (other, _, other_reg) = map.register(key());
         assert!(other > 0 && other != 77, "a taken pid is replaced");
         assert_eq!(map.lookup(pid, secret).unwrap().pid, 77);
         assert!(map.lookup(pid, secret.wrapping_add(1)).is_none(), "wrong secret accepted");
         drop(reg);
         assert!(map.lookup(pid, secret).is_none());
-        drop(_other_reg);
+        drop(other_reg);
         assert!(map.is_empty());
     }
 }
