@@ -148,6 +148,7 @@ where
         client_error: Mutex::new(None),
     };
     let end = tokio::select! {
+        biased;
         end = client_to_upstream(&mut client, crd, &mut uwr, &state, listen.idle_timeout()) => end,
         end = upstream_to_client(
             &mut upstream, &mut urd, cwr, &state, listen.shutdown_grace.get(),
@@ -278,23 +279,29 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut deadline: Option<Instant> = None;
+    // Made once, not per read: the hot loop registers no waiter and no timer.
+    let closing = state.closing.cancelled();
+    tokio::pin!(closing);
+    let deadline = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(deadline);
+    let mut draining = false;
     loop {
         tokio::select! {
+            biased;
             filled = framer.fill(rd) => match filled {
                 Ok(Ok(Fill::Ready)) => {}
                 Ok(Ok(Fill::Eof { .. })) | Err(_) => return End::UpstreamGone,
                 Ok(Err(e)) => return End::framing(e, true),
             },
-            _ = state.closing.cancelled(), if deadline.is_none() => {
+            _ = &mut closing, if !draining => {
                 if state.idle() {
                     return End::Drained;
                 }
-                deadline = Some(Instant::now() + grace);
+                draining = true;
+                deadline.as_mut().reset(Instant::now() + grace);
                 continue;
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
-                if deadline.is_some() => return End::Drained,
+            _ = &mut deadline, if draining => return End::Drained,
         }
         let (batch, error) = framer.split_batch(|tag, _| {
             if tag == b'Z' {
@@ -311,7 +318,7 @@ where
         if error.is_some() {
             return End::Upstream(ClientError::upstream_protocol_violation());
         }
-        if deadline.is_some() && state.idle() {
+        if draining && state.idle() {
             return End::Drained;
         }
     }
