@@ -121,6 +121,19 @@ async fn errors_are_reported_and_the_session_stays_usable() {
     }
 }
 
+/// Everything a COPY ... TO STDOUT sends.
+async fn copy_out(c: &Client, sql: &str) -> Vec<u8> {
+    c.copy_out(sql)
+        .await
+        .unwrap()
+        .try_fold(Vec::new(), |mut acc, b| async move {
+            acc.extend_from_slice(&b);
+            Ok(acc)
+        })
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_and_out_text_csv_and_binary_match_direct() {
     let env = TestEnv::start().await;
@@ -140,16 +153,7 @@ async fn copy_in_and_out_text_csv_and_binary_match_direct() {
             assert_eq!(sink.finish().await.unwrap(), 2);
         }
         // Binary: copy the table out and back in.
-        let binary: Vec<u8> = c
-            .copy_out(&format!("COPY {t} TO STDOUT (FORMAT binary)"))
-            .await
-            .unwrap()
-            .try_fold(Vec::new(), |mut acc, b| async move {
-                acc.extend_from_slice(&b);
-                Ok(acc)
-            })
-            .await
-            .unwrap();
+        let binary = copy_out(&c, &format!("COPY {t} TO STDOUT (FORMAT binary)")).await;
         let sink =
             c.copy_in::<_, Bytes>(&format!("COPY {t} FROM STDIN (FORMAT binary)")).await.unwrap();
         pin_mut!(sink);
@@ -172,16 +176,9 @@ async fn copy_in_and_out_text_csv_and_binary_match_direct() {
         }
         tx.rollback().await.unwrap();
 
-        let out: Vec<u8> = c
-            .copy_out(&format!("COPY (SELECT * FROM {t} ORDER BY a, b) TO STDOUT (FORMAT csv)"))
-            .await
-            .unwrap()
-            .try_fold(Vec::new(), |mut acc, b| async move {
-                acc.extend_from_slice(&b);
-                Ok(acc)
-            })
-            .await
-            .unwrap();
+        let out =
+            copy_out(&c, &format!("COPY (SELECT * FROM {t} ORDER BY a, b) TO STDOUT (FORMAT csv)"))
+                .await;
         outs.push(String::from_utf8(out).unwrap());
     }
     assert_eq!(outs[0], outs[1]);
