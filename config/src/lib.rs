@@ -13,6 +13,7 @@
 //! Unknown keys are errors. They are collected with `serde_ignored` rather than
 //! `deny_unknown_fields`, because the latter stops at the first one.
 
+mod columns;
 mod load;
 pub mod value;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use columns::{Classification, Column, ColumnMode, Keys, LogicalType, COMPLIANCE_FRAMEWORKS};
 pub use load::{load_file, load_str, ConfigError};
 pub use value::{DurationValue, Secret, SecretString};
 
@@ -32,6 +34,10 @@ pub struct Config {
     pub listen: Listen,
     /// The Postgres server behind the proxy.
     pub upstream: Upstream,
+    /// The master key that wraps the data keys.
+    pub keys: Keys,
+    /// Encrypted columns. Reloaded on SIGHUP.
+    pub columns: Vec<Column>,
 }
 
 /// `[listen]`: the client-facing socket.
@@ -55,6 +61,10 @@ pub struct Listen {
     /// On SIGTERM/SIGINT, how long running statements may take to finish before
     /// their sessions are closed with 57P01. Default `30s`.
     pub shutdown_grace: DurationValue,
+    /// Threads serving connections. 0 (the default): one per CPU. 1 runs every
+    /// session on one thread, which spends the least CPU per message where the
+    /// proxy shares a small machine with Postgres. Needs a restart.
+    pub worker_threads: u16,
 }
 
 impl Default for Listen {
@@ -66,6 +76,7 @@ impl Default for Listen {
             handshake_timeout: DurationValue::from_secs(30),
             idle_timeout: DurationValue::from_secs(0),
             shutdown_grace: DurationValue::from_secs(30),
+            worker_threads: 0,
         }
     }
 }
@@ -189,6 +200,14 @@ impl Config {
                     "is set but upstream.admin_user is empty".into(),
                 );
             }
+        }
+        columns::validate(&self.keys, &self.columns, &mut problems);
+        if !self.columns.is_empty() && self.upstream.admin_user.is_empty() {
+            problems.push(
+                "upstream.admin_user: required when columns are registered (the proxy reads \
+                 keys and the catalog on its own connection)"
+                    .into(),
+            );
         }
         problems
     }

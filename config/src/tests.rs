@@ -149,3 +149,82 @@ fn config_error_lists_problems_one_per_line() {
     assert_eq!(e.to_string(), "invalid configuration:\n  a: x\n  b: y");
     let _ = Config::default();
 }
+
+#[test]
+fn encrypted_columns_are_read_with_their_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    std::fs::write(&key, "x").unwrap();
+    let c = load_str(
+        &format!(
+            r#"
+[upstream]
+admin_user = "pgwarden"
+
+[keys]
+master_key = "file:{}"
+
+[[columns]]
+name = "public.customers.ssn"
+type = "text"
+mode = "deterministic"
+key = "pii"
+compliance = ["PCI_DSS", "GDPR"]
+
+[[columns]]
+name = "public.customers.card_number"
+type = "int8"
+mode = "randomized"
+key = "pci"
+classification = "restricted"
+"#,
+            key.display()
+        ),
+        no_env(),
+    )
+    .unwrap();
+    assert_eq!(c.columns.len(), 2);
+    assert_eq!(c.columns[0].parts(), Some(("public", "customers", "ssn")));
+    assert_eq!(c.columns[0].logical_type, crate::LogicalType::Text);
+    assert_eq!(c.columns[0].classification, crate::Classification::Confidential);
+    assert_eq!(c.columns[1].mode, crate::ColumnMode::Randomized);
+}
+
+#[test]
+fn column_problems_are_reported_with_their_index() {
+    let p = problems(
+        r#"
+[[columns]]
+name = "customers.ssn"
+type = "text"
+mode = "deterministic"
+key = "Bad Key"
+compliance = ["PCI"]
+
+[[columns]]
+name = "customers.ssn"
+type = "text"
+mode = "deterministic"
+key = "pii"
+"#,
+    )
+    .join("\n");
+    for want in [
+        "columns[0].name:",
+        "columns[0].key:",
+        "columns[0].compliance[0]: unknown framework",
+        "columns[1].name: customers.ssn is registered twice",
+        "keys.master_key: required",
+        "upstream.admin_user: required",
+    ] {
+        assert!(p.contains(want), "missing {want} in:\n{p}");
+    }
+}
+
+#[test]
+fn an_unknown_logical_type_names_its_key() {
+    let p = problems(
+        "[[columns]]\nname = \"a.b.c\"\ntype = \"money\"\nmode = \"deterministic\"\nkey = \"k\"\n",
+    );
+    assert!(p[0].contains("money") && p[0].contains("type"), "{p:?}");
+}

@@ -81,7 +81,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Arc::new(pgwarden_config::load_file(path)?);
-    runtime()?.block_on(async {
+    runtime(config.listen.worker_threads)?.block_on(async {
         let proxy = Proxy::bind(config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -90,8 +90,18 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+/// The runtime for `listen.worker_threads` (0: one thread per CPU).
+pub(crate) fn runtime(worker_threads: u16) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.into());
+            b
+        }
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.

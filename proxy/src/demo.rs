@@ -53,7 +53,7 @@ pub fn run(port: Option<u16>) -> anyhow::Result<()> {
     );
     let config = Arc::new(pgwarden_config::load_str(&text, std::iter::empty())?);
 
-    crate::cli::runtime()?.block_on(async {
+    crate::cli::runtime(config.listen.worker_threads)?.block_on(async {
         let proxy = Proxy::bind(config).await?;
         println!(
             "\npgwarden is listening on 127.0.0.1:{port}, in front of a throwaway Postgres \
