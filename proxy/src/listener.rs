@@ -57,6 +57,15 @@ impl ProxyHandle {
 impl Proxy {
     /// Binds `listen.address`. The config must have passed validation.
     pub async fn bind(config: Arc<Config>) -> std::io::Result<Self> {
+        if !config.columns.is_empty() {
+            // Fail closed: relaying plaintext for columns the operator registered
+            // as encrypted would be worse than not starting.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "[[columns]] are registered, but this version of pgwarden cannot encrypt \
+                 yet; refusing to start rather than pass their values through in plaintext",
+            ));
+        }
         let addr = config.listen_addr().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "listen.address is invalid")
         })?;
