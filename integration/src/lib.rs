@@ -185,14 +185,23 @@ impl ProxyProcess {
     /// Starts `pgwarden run --config` with `toml` (whose `listen.address` must
     /// use `port`) and waits until it accepts connections.
     pub fn start(toml: &str, port: u16) -> Self {
+        Self::start_logging(toml, port, &[], "warn")
+    }
+
+    /// The same, with extra arguments, `PGWARDEN_LOG=level`, and stderr going
+    /// to [`ProxyProcess::log`].
+    pub fn start_logging(toml: &str, port: u16, args: &[&str], level: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pgwarden.toml");
         std::fs::write(&path, toml).unwrap();
+        let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(pgwarden_binary())
+            .args(args)
             .args(["run", "--config"])
             .arg(&path)
-            .env("PGWARDEN_LOG", "warn")
+            .env("PGWARDEN_LOG", level)
             .stdin(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut p = Self { child, port, _dir: dir };
@@ -207,6 +216,11 @@ impl ProxyProcess {
         }
         let _ = p.child.kill();
         panic!("pgwarden did not start listening on port {port}");
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     /// Sends `signal` (e.g. "TERM") to the process.

@@ -185,3 +185,42 @@ async fn registered_columns_stop_a_proxy_that_cannot_encrypt_them_from_starting(
     let err = pgwarden::Proxy::bind(std::sync::Arc::new(config)).await.err().unwrap();
     assert!(err.to_string().contains("cannot encrypt"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_a_session_id_and_never_a_password_even_at_trace_level() {
+    let pg = tokio::task::spawn_blocking(pgwarden_integration::start_cluster).await.unwrap();
+    let port = pgwarden::cluster::free_port().unwrap();
+    let toml =
+        format!("[listen]\naddress = \"127.0.0.1:{port}\"\n\n[upstream]\nport = {}\n", pg.port());
+    let mut proxy = tokio::task::spawn_blocking(move || {
+        ProxyProcess::start_logging(&toml, port, &["--log-format", "json"], "trace")
+    })
+    .await
+    .unwrap();
+    // Cleartext, md5 and SCRAM logins, one wrong password, and a failing query.
+    for user in [roles::PASSWORD, roles::MD5, roles::SCRAM] {
+        let c =
+            pgwarden_integration::connect(&pgwarden_integration::url(port, user, "postgres")).await;
+        let _ = c.simple_query("SELECT 1/0").await;
+    }
+    let wrong = format!(
+        "postgresql://{}:Hunter2-wrong@127.0.0.1:{port}/postgres?sslmode=disable",
+        roles::PASSWORD
+    );
+    pgwarden_integration::connect_err(&wrong).await;
+    proxy.signal("TERM");
+    tokio::task::spawn_blocking(move || {
+        proxy.wait_exit(Duration::from_secs(10)).expect("no exit");
+        let log = proxy.log();
+        assert!(log.lines().count() > 3, "too little logged:\n{log}");
+        for line in log.lines() {
+            assert!(line.starts_with('{') && line.ends_with('}'), "not a JSON line: {line}");
+        }
+        assert!(log.contains("\"name\":\"session\""), "no session span:\n{log}");
+        for secret in [pgwarden_integration::PASSWORD, "Hunter2-wrong"] {
+            assert!(!log.contains(secret), "a password reached the log:\n{log}");
+        }
+    })
+    .await
+    .unwrap();
+}

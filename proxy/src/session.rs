@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::auth;
 use crate::error::ClientError;
@@ -69,24 +70,31 @@ fn client_framing_error(e: FrameError) -> ClientError {
 }
 
 /// Serves one accepted connection to its end. Never panics on client input.
+/// Everything it logs carries the session's id and the client's address.
 pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    let id = format!("{:016x}", rand::random::<u64>());
+    let span = tracing::info_span!("session", id = %id, client = %peer);
+    serve_in_span(client, shared, shutdown).instrument(span).await;
+}
+
+async fn serve_in_span(client: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
     let _ = client.set_nodelay(true);
     let (mut crd, mut cwr) = client.into_split();
-    let end = run(&mut crd, &mut cwr, peer, &shared, &shutdown).await;
+    let end = run(&mut crd, &mut cwr, &shared, &shutdown).await;
     match &end {
         End::Client(e) | End::Upstream(e) => {
-            tracing::info!(%peer, sqlstate = e.sqlstate, error = %e.message, "session closed");
+            tracing::info!(sqlstate = e.sqlstate, error = %e.message, "session closed");
             let _ = cwr.write_all(&e.to_message()).await;
         }
         End::Drained => {
             let _ = cwr.write_all(&ClientError::shutting_down().to_message()).await;
         }
-        _ => tracing::debug!(%peer, end = ?end, "session closed"),
+        _ => tracing::debug!(end = ?end, "session closed"),
     }
     let _ = cwr.shutdown().await;
 }
@@ -94,7 +102,6 @@ pub async fn serve(
 async fn run<CR, CW>(
     crd: &mut CR,
     cwr: &mut CW,
-    peer: SocketAddr,
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> End
@@ -113,7 +120,7 @@ where
             Err(e) => return Err(End::Client(e)),
         };
         let conn = shared.upstream.connect().await.map_err(|e| {
-            tracing::warn!(%peer, error = %e, "cannot reach upstream Postgres");
+            tracing::warn!(error = %e, "cannot reach upstream Postgres");
             End::Upstream(ClientError::upstream_unreachable())
         })?;
         let addr =
@@ -129,7 +136,7 @@ where
             upstream: &mut upstream,
         };
         let registration = auth::relay(sides, &shared.cancels, addr).await?;
-        tracing::debug!(%peer, user = startup.user(), database = startup.database(), "authenticated");
+        tracing::debug!(user = startup.user(), database = startup.database(), "authenticated");
         Ok((urd, uwr, registration))
     };
     let (mut urd, mut uwr, registration) = tokio::select! {
