@@ -1,1 +1,105 @@
-fn main() {}
+//! `pgwarden-bench`: the end-to-end benchmark runner. In one run it starts a
+//! throwaway Postgres, PgBouncer and a release pgwarden, runs `pgbench -S` in
+//! every protocol mode at 1 and 16 clients through each of the three, and
+//! prints and saves the TPS ratios. Everything it started is stopped and
+//! removed at exit, on error and on Ctrl-C.
+//!
+//! ```text
+//! cargo run --release -p pgwarden-bench -- --seconds 10
+//! ```
+//!
+//! # Layout
+//! - `runner`: the run, in order: build, install, start, measure, report.
+//! - `pgbench`: invoking pgbench and parsing its summary.
+//! - `bouncer`: installing and running PgBouncer.
+//! - `warden`: building and running pgwarden.
+//! - `report`: terminal and markdown tables, JSON, SVG chart.
+//! - `procs`: guards for child processes and scratch files, signal handling.
+
+mod bouncer;
+mod pgbench;
+mod procs;
+mod report;
+mod runner;
+mod warden;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::pgbench::Mode;
+
+#[derive(Parser)]
+#[command(
+    name = "pgwarden-bench",
+    about = "pgbench -S through direct Postgres, PgBouncer and pgwarden, as ratios"
+)]
+struct Cli {
+    /// Seconds per measured pgbench run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// pgbench scale factor (-s) for `pgbench -i`.
+    #[arg(long, default_value_t = 10)]
+    scale: u32,
+    /// Seconds of warm-up before each measured run (not counted).
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
+    /// Repeat the whole matrix this many times and report the median.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// A ~1-minute sanity run: scale 1, 2 s runs, 1 s warm-up, one round.
+    #[arg(long)]
+    quick: bool,
+    /// pgbench query modes to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "simple,extended,prepared")]
+    modes: Vec<Mode>,
+    /// Client counts to run (pgbench -c; -j is min(clients, 2)).
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    clients: Vec<u32>,
+    /// Use this pgwarden binary instead of building target/release/pgwarden.
+    #[arg(long)]
+    pgwarden_bin: Option<PathBuf>,
+    /// pgwarden's `listen.worker_threads` (0: one per CPU, 1: a single thread).
+    #[arg(long, default_value_t = 0)]
+    pgwarden_workers: u16,
+    /// Directory for the JSON and SVG results.
+    #[arg(long, default_value_os_t = default_out_dir())]
+    out: PathBuf,
+}
+
+fn default_out_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
+}
+
+impl Cli {
+    fn settings(self) -> runner::Settings {
+        let (scale, seconds, warmup_seconds, rounds) = if self.quick {
+            (1, 2, 1, 1)
+        } else {
+            (self.scale, self.seconds, self.warmup, self.rounds)
+        };
+        runner::Settings {
+            scale: scale.max(1),
+            seconds: seconds.max(1),
+            warmup_seconds,
+            rounds: rounds.max(1),
+            modes: self.modes,
+            clients: self.clients.into_iter().filter(|&c| c > 0).collect(),
+            pgwarden_bin: self.pgwarden_bin,
+            pgwarden_workers: self.pgwarden_workers,
+            out_dir: self.out,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let settings = Cli::parse().settings();
+    match runner::run(&settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

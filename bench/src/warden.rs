@@ -1,0 +1,117 @@
+//! pgwarden under test: the release binary, built by the runner, run as a
+//! separate process in pass-through mode (no encrypted columns, no audit).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::procs::{self, ScratchDir, Service};
+
+/// The workspace this runner was built in.
+pub fn workspace_root() -> PathBuf {
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench.parent().unwrap_or(bench).to_path_buf()
+}
+
+/// Builds `target/release/pgwarden` with `cargo build --release -p pgwarden
+/// --locked` (a no-op when it is up to date) and returns its path.
+pub fn build_release() -> Result<PathBuf> {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building pgwarden: cargo build --release -p pgwarden --locked");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "pgwarden", "--locked"])
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("running {cargo:?}"))?;
+    if !status.success() {
+        bail!("`cargo build --release -p pgwarden --locked` failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_absolute() { target } else { root.join(target) };
+    let bin = target.join("release").join("pgwarden");
+    if !bin.is_file() {
+        bail!("cargo built pgwarden, but {} does not exist", bin.display());
+    }
+    Ok(bin)
+}
+
+/// `pgwarden --version`.
+pub fn version(bin: &Path) -> String {
+    procs::output(Command::new(bin).arg("--version"), "pgwarden --version")
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A running pgwarden relaying to the Postgres on `upstream_port`.
+pub struct Pgwarden {
+    pub port: u16,
+    /// Stops the process on drop.
+    service: Service,
+}
+
+impl Pgwarden {
+    pub fn start(bin: &Path, dir: &ScratchDir, upstream_port: u16, workers: u16) -> Result<Self> {
+        let mut last = None;
+        // The port may be taken between our probe and pgwarden's bind.
+        for _ in 0..3 {
+            let port = procs::free_port()?;
+            match Self::start_on(bin, dir, upstream_port, port, workers) {
+                Ok(w) => return Ok(w),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("pgwarden did not start")))
+    }
+
+    fn start_on(
+        bin: &Path,
+        dir: &ScratchDir,
+        upstream_port: u16,
+        port: u16,
+        workers: u16,
+    ) -> Result<Self> {
+        let toml = config(port, upstream_port, workers);
+        // Catch a schema change here, with every problem listed, rather than
+        // as a process that exits at once.
+        pgwarden_config::load_str(&toml, std::iter::empty())
+            .map_err(|e| anyhow::anyhow!("the generated pgwarden config is invalid: {e}"))?;
+        let file = dir.write("pgwarden.toml", &toml, None)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").arg("--config").arg(&file).env("PGWARDEN_LOG", "warn");
+        // Overrides from the caller's environment would change what we measure.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PGWARDEN__") {
+                cmd.env_remove(name);
+            }
+        }
+        let mut service = Service::spawn("pgwarden", cmd, dir.path().join("pgwarden.log"))?;
+        service.wait_ready(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(15))?;
+        Ok(Self { port, service })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.service.pid()
+    }
+}
+
+/// Pass-through: listen and upstream only, everything else at its default.
+fn config(port: u16, upstream_port: u16, workers: u16) -> String {
+    format!(
+        "\
+[listen]
+address = \"127.0.0.1:{port}\"
+worker_threads = {workers}
+
+[upstream]
+host = \"127.0.0.1\"
+port = {upstream_port}
+tls = \"disable\"
+"
+    )
+}
