@@ -38,6 +38,8 @@ pub struct Config {
     pub keys: Keys,
     /// Encrypted columns. Reloaded on SIGHUP.
     pub columns: Vec<Column>,
+    /// The admin HTTP endpoints: Prometheus metrics, liveness, readiness.
+    pub metrics: Metrics,
 }
 
 /// `[listen]`: the client-facing socket.
@@ -128,6 +130,44 @@ pub enum UpstreamTls {
     VerifyFull,
 }
 
+/// `[metrics]`: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Metrics {
+    /// Address and port of the admin HTTP server. Default `127.0.0.1:9187`; an
+    /// empty string turns the server off. An address written in the file (or set
+    /// with `PGWARDEN__METRICS__ADDRESS`) must bind or pgwarden does not start;
+    /// the default is best effort, so that a second pgwarden on one host still
+    /// runs (without endpoints, with a warning). Needs a restart.
+    pub address: Option<String>,
+}
+
+/// Where the admin HTTP server listens, as [`Metrics::listen`] decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    /// `metrics.address = ""`: no admin server.
+    Off,
+    /// `metrics.address` unset: bind this if it is free, else warn and go on.
+    Default(SocketAddr),
+    /// `metrics.address` set: bind it or refuse to start.
+    Configured(SocketAddr),
+}
+
+/// `metrics.address` when the file does not set it.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9187";
+
+impl Metrics {
+    /// The admin server's address. Only meaningful after [`Config::validate`]
+    /// passed (an invalid address reads as [`AdminListen::Off`]).
+    pub fn listen(&self) -> AdminListen {
+        match self.address.as_deref().map(str::trim) {
+            None => DEFAULT_METRICS_ADDRESS.parse().map_or(AdminListen::Off, AdminListen::Default),
+            Some("") => AdminListen::Off,
+            Some(a) => a.parse().map_or(AdminListen::Off, AdminListen::Configured),
+        }
+    }
+}
+
 /// Largest `listen.max_message_bytes` accepted: Postgres itself refuses messages
 /// over 1 GiB.
 pub const MAX_MESSAGE_BYTES_LIMIT: u32 = 1 << 30;
@@ -201,6 +241,22 @@ impl Config {
                 );
             }
         }
+        if let Some(address) = self.metrics.address.as_deref().filter(|a| !a.trim().is_empty()) {
+            match address.trim().parse::<SocketAddr>() {
+                Err(e) => problem(
+                    "metrics.address",
+                    format!(
+                        "{address:?} is not an IP address with a port ({e}); write e.g. \
+                         \"127.0.0.1:9187\", or \"\" to turn the admin endpoints off"
+                    ),
+                ),
+                Ok(admin) => {
+                    if self.listen_addr().is_some_and(|l| same_socket(l, admin)) {
+                        problem("metrics.address", "must differ from listen.address".into());
+                    }
+                }
+            }
+        }
         columns::validate(&self.keys, &self.columns, &mut problems);
         if !self.columns.is_empty() && self.upstream.admin_user.is_empty() {
             problems.push(
@@ -216,6 +272,14 @@ impl Config {
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen.address.parse().ok()
     }
+}
+
+/// Whether binding both addresses would collide: the same non-zero port on the
+/// same IP, or on an unspecified one (`0.0.0.0` binds every address).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 impl Listen {

@@ -228,3 +228,30 @@ fn an_unknown_logical_type_names_its_key() {
     );
     assert!(p[0].contains("money") && p[0].contains("type"), "{p:?}");
 }
+
+#[test]
+fn metrics_address_defaults_to_best_effort_loopback_and_empty_turns_it_off() {
+    use crate::AdminListen;
+    let default = load_str("", no_env()).unwrap();
+    assert_eq!(default.metrics.listen(), AdminListen::Default("127.0.0.1:9187".parse().unwrap()));
+
+    let set = load_str("[metrics]\naddress = \"0.0.0.0:9999\"\n", no_env()).unwrap();
+    assert_eq!(set.metrics.listen(), AdminListen::Configured("0.0.0.0:9999".parse().unwrap()));
+
+    let off = load_str("[metrics]\naddress = \"\"\n", no_env()).unwrap();
+    assert_eq!(off.metrics.listen(), AdminListen::Off);
+
+    let env = vec![("PGWARDEN__METRICS__ADDRESS".to_string(), String::new())];
+    assert_eq!(load_str("", env).unwrap().metrics.listen(), AdminListen::Off);
+}
+
+#[test]
+fn metrics_address_must_parse_and_differ_from_the_listen_address() {
+    let p = problems("[metrics]\naddress = \"localhost\"\nport = 1\n").join("\n");
+    assert!(p.contains("metrics.address: \"localhost\" is not an IP address"), "{p}");
+    assert!(p.contains("metrics.port: unknown key"), "{p}");
+
+    let p =
+        problems("[listen]\naddress = \"0.0.0.0:7000\"\n[metrics]\naddress = \"127.0.0.1:7000\"\n");
+    assert_eq!(p, vec!["metrics.address: must differ from listen.address".to_string()]);
+}

@@ -44,11 +44,13 @@ pub fn start_cluster() -> Cluster {
     }
 }
 
-/// The TOML of a pass-through proxy on a free port in front of `pg`.
+/// The TOML of a pass-through proxy on a free port in front of `pg`, with its
+/// admin endpoints on another free port.
 pub fn base_config_toml(pg: &Cluster) -> String {
     format!(
         "[listen]\naddress = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n\
-         [upstream]\nhost = \"127.0.0.1\"\nport = {}\n",
+         [upstream]\nhost = \"127.0.0.1\"\nport = {}\n\n\
+         [metrics]\naddress = \"127.0.0.1:0\"\n",
         pg.port()
     )
 }
@@ -57,6 +59,8 @@ pub fn base_config_toml(pg: &Cluster) -> String {
 pub struct TestEnv {
     pub pg: Cluster,
     pub proxy_addr: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`; `None` if a test turned them off.
+    pub admin_addr: Option<SocketAddr>,
     pub handle: ProxyHandle,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -78,10 +82,22 @@ impl TestEnv {
         assert!(problems.is_empty(), "test config invalid: {problems:?}");
         let proxy = Proxy::bind(Arc::new(config)).await.unwrap();
         let proxy_addr = proxy.local_addr().unwrap();
+        let admin_addr = proxy.admin_addr();
         let handle = proxy.handle();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(proxy.run(shutdown.clone()));
-        Self { pg, proxy_addr, handle, shutdown, task: Some(task) }
+        Self { pg, proxy_addr, admin_addr, handle, shutdown, task: Some(task) }
+    }
+
+    /// `GET path` on the admin endpoints: the status code and the body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin_addr.expect("admin endpoints are off"), path).await
+    }
+
+    /// Starts a graceful shutdown without waiting for it (see
+    /// [`TestEnv::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
     }
 
     /// A libpq-style connection string through the proxy.
@@ -131,6 +147,42 @@ impl Drop for TestEnv {
             t.abort();
         }
     }
+}
+
+/// A plain HTTP/1.1 `GET`: the status code and the body. Enough for the admin
+/// endpoints, without an HTTP client library.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connect {addr}: timed out"))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: no complete answer in 10s"))
+        .unwrap();
+    let text = String::from_utf8(raw).expect("the admin server answers UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(body) } else { body.to_string() })
+}
+
+/// The payload of a chunked HTTP/1.1 body (as Prometheus' API sends).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 pub fn url(port: u16, user: &str, database: &str) -> String {

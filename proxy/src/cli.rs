@@ -23,6 +23,15 @@ struct Cli {
     command: Option<Cmd>,
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create schema `pgwarden`, a data key per key name, register the columns
+    /// and install the CHECK guard on each. Safe to run again.
+    Init,
+    /// List key versions, status and fingerprints (never key bytes).
+    List,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -38,6 +47,12 @@ enum Cmd {
         /// The file to check.
         file: PathBuf,
     },
+    /// Manage data keys: `init` creates the registry, keys and column guards;
+    /// `list` shows key versions, status and fingerprints.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Start a throwaway Postgres with sample data and pgwarden in front of it.
     Demo {
         /// Port for the proxy (default 6432, or a free one if taken).
@@ -52,6 +67,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Cmd::CheckConfig { file }) => return check_config(&file),
         Some(Cmd::Demo { port }) => crate::demo::run(port),
+        Some(Cmd::Keys { action }) => match cli.config {
+            Some(path) => keys(&path, action),
+            None => Err(anyhow::anyhow!("`pgwarden keys` needs --config FILE")),
+        },
         Some(Cmd::Run) | None => match cli.config {
             Some(path) => run(&path),
             None => Err(anyhow::anyhow!(
@@ -100,6 +119,36 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         proxy.run(shutdown).await?;
         Ok(())
+    })
+}
+
+fn keys(path: &std::path::Path, action: KeysAction) -> anyhow::Result<()> {
+    let config = pgwarden_config::load_file(path)?;
+    runtime(1)?.block_on(async {
+        let mut db = crate::keys::connect_admin(&config).await?;
+        match action {
+            KeysAction::Init => {
+                let r = crate::keys::init(&config, &mut db).await?;
+                println!(
+                    "keys created: {}
+columns registered: {}
+guards installed: {}",
+                    if r.keys_created.is_empty() {
+                        "none".into()
+                    } else {
+                        r.keys_created.join(", ")
+                    },
+                    r.columns_registered,
+                    if r.guards_installed.is_empty() {
+                        "none (already present)".into()
+                    } else {
+                        r.guards_installed.join(", ")
+                    }
+                );
+            }
+            KeysAction::List => print!("{}", crate::keys::list(&db).await?),
+        }
+        anyhow::Ok(())
     })
 }
 

@@ -14,21 +14,30 @@
 //! - [`session`]: the two message loops;
 //! - [`upstream`]: connecting to Postgres.
 //!
-//! Beside them: [`protocol`] (framing, the messages we build), [`error`] (the
+//! Beside them: [`protocol`] (framing, the messages we build), [`sql`] (what a
+//! statement does to encrypted columns), [`error`] (the
 //! one place errors become SQLSTATEs for clients), [`cancel`] (cancel-key map),
 //! [`cluster`] (throwaway local Postgres for the demo, tests and benchmarks),
-//! [`cli`] and [`demo`].
+//! [`crypto`] (envelope, ciphers, keyring, logical-type codecs),
+//! [`metrics`] (Prometheus counters, statement timing), [`admin`] (HTTP:
+//! /metrics, /healthz, /readyz),
+//! [`keys`] (the key and column registry in the database), [`cli`] and [`demo`].
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod cli;
 pub mod cluster;
+pub mod crypto;
 pub mod demo;
 pub mod error;
 pub mod handshake;
+pub mod keys;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 pub mod session;
+pub mod sql;
 pub mod upstream;
 
 pub use listener::{Proxy, ProxyHandle};

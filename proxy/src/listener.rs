@@ -1,19 +1,22 @@
-//! Accepting clients: the connection cap, and graceful shutdown.
+//! Accepting clients: the connection cap, graceful shutdown, and the admin
+//! HTTP server beside them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwarden_config::Config;
+use pgwarden_config::{AdminListen, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::AdminServer;
 use crate::cancel::CancelMap;
 use crate::error::ClientError;
 use crate::handshake::{self, Opening};
+use crate::metrics::{ConnectionOutcome, Metrics};
 use crate::session;
 use crate::upstream::UpstreamTarget;
 
@@ -26,6 +29,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub cancels: CancelMap,
     pub upstream: UpstreamTarget,
+    /// This proxy's metrics, exported by the admin server.
+    pub metrics: Metrics,
 }
 
 /// A bound, not yet running proxy.
@@ -33,6 +38,9 @@ pub struct Proxy {
     listener: TcpListener,
     shared: Arc<Shared>,
     tracker: TaskTracker,
+    /// `/metrics`, `/healthz`, `/readyz`; `None` when `metrics.address` is off
+    /// (or its default port was taken).
+    admin: Option<AdminServer>,
 }
 
 /// A view of a running proxy, for tests and the admin endpoints.
@@ -52,10 +60,16 @@ impl ProxyHandle {
     pub fn registered_cancel_keys(&self) -> usize {
         self.shared.cancels.len()
     }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
 }
 
 impl Proxy {
-    /// Binds `listen.address`. The config must have passed validation.
+    /// Binds `listen.address` and `metrics.address`. The config must have
+    /// passed validation.
     pub async fn bind(config: Arc<Config>) -> std::io::Result<Self> {
         if !config.columns.is_empty() {
             // Fail closed: relaying plaintext for columns the operator registered
@@ -70,16 +84,24 @@ impl Proxy {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "listen.address is invalid")
         })?;
         let listener = TcpListener::bind(addr).await?;
+        let admin = bind_admin(&config).await?;
+        let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
             upstream: UpstreamTarget::from_config(&config.upstream),
             config,
             cancels: CancelMap::default(),
+            metrics,
         });
-        Ok(Self { listener, shared, tracker: TaskTracker::new() })
+        Ok(Self { listener, shared, tracker: TaskTracker::new(), admin })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The bound address of the admin endpoints, if they are on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     pub fn handle(&self) -> ProxyHandle {
@@ -88,7 +110,8 @@ impl Proxy {
 
     /// Serves until `shutdown` is cancelled, then stops accepting and waits for
     /// sessions to drain (each has `listen.shutdown_grace` to finish its
-    /// statement before it is closed with 57P01).
+    /// statement before it is closed with 57P01). The admin endpoints serve
+    /// until the sessions are gone, `/readyz` answering 503 meanwhile.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let listen = &self.shared.config.listen;
         let max = listen.max_connections as usize;
@@ -97,6 +120,10 @@ impl Proxy {
         // answers are in flight, beyond which connections are simply closed.
         let refusals = Arc::new(Semaphore::new(max.clamp(16, 1024)));
         tracing::info!(address = %self.local_addr()?, "pgwarden listening");
+        let admin_stop = CancellationToken::new();
+        let admin = self.admin.map(|server| {
+            tokio::spawn(server.serve(self.shared.clone(), shutdown.clone(), admin_stop.clone()))
+        });
         loop {
             let (socket, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -113,17 +140,22 @@ impl Proxy {
             if let Ok(slot) = slots.clone().try_acquire_owned() {
                 let shared = self.shared.clone();
                 let shutdown = shutdown.clone();
+                let active = shared.metrics.connection_opened();
                 self.tracker.spawn(async move {
                     session::serve(socket, peer, shared, shutdown).await;
+                    drop(active);
                     drop(slot);
                 });
             } else if let Ok(permit) = refusals.clone().try_acquire_owned() {
                 tracing::warn!(%peer, "connection refused: listen.max_connections reached");
-                let cancels = self.shared.cancels.clone();
+                let shared = self.shared.clone();
                 self.tracker.spawn(async move {
-                    refuse(socket, &cancels).await;
+                    let outcome = refuse(socket, &shared.cancels).await;
+                    shared.metrics.connection_ended(outcome);
                     drop(permit);
                 });
+            } else {
+                self.shared.metrics.connection_ended(ConnectionOutcome::RefusedCapacity);
             }
         }
         drop(self.listener);
@@ -132,21 +164,54 @@ impl Proxy {
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             tracing::warn!(left = self.tracker.len(), "sessions still open after the grace period");
         }
+        admin_stop.cancel();
+        if let Some(task) = admin {
+            let _ = task.await;
+        }
         tracing::info!("pgwarden stopped");
         Ok(())
+    }
+}
+
+/// Binds `metrics.address`: an address the file sets must bind; the default is
+/// best effort, so that a second pgwarden on one host still starts.
+async fn bind_admin(config: &Config) -> std::io::Result<Option<AdminServer>> {
+    match config.metrics.listen() {
+        AdminListen::Off => Ok(None),
+        AdminListen::Configured(a) => AdminServer::bind(a)
+            .await
+            .map(Some)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("metrics.address {a}: {e}"))),
+        AdminListen::Default(a) => match AdminServer::bind(a).await {
+            Ok(server) => Ok(Some(server)),
+            Err(e) => {
+                tracing::warn!(
+                    address = %a, error = %e,
+                    "admin endpoints off: the default metrics.address is taken; \
+                     set [metrics] address to choose another"
+                );
+                Ok(None)
+            }
+        },
     }
 }
 
 /// Answers a connection over the cap with 53300 once its startup packet arrives
 /// (libpq reads errors only after sending it). A CancelRequest is still served:
 /// a full proxy must still be able to cancel the statements filling it.
-async fn refuse(mut socket: TcpStream, cancels: &CancelMap) {
+async fn refuse(mut socket: TcpStream, cancels: &CancelMap) -> ConnectionOutcome {
     let (mut rd, mut wr) = socket.split();
     let opening =
         tokio::time::timeout(REFUSAL_TIMEOUT, handshake::read_opening(&mut rd, &mut wr, cancels))
             .await;
-    if let Ok(Ok(Opening::Startup(_))) = opening {
-        let _ = wr.write_all(&ClientError::too_many_connections().to_message()).await;
-    }
+    let outcome = match opening {
+        Ok(Ok(Opening::Cancel)) => ConnectionOutcome::CancelRequest,
+        Ok(Ok(Opening::Startup(_))) => {
+            let _ = wr.write_all(&ClientError::too_many_connections().to_message()).await;
+            ConnectionOutcome::RefusedCapacity
+        }
+        _ => ConnectionOutcome::RefusedCapacity,
+    };
     let _ = wr.shutdown().await;
+    outcome
 }

@@ -7,6 +7,10 @@
 //! [`Framer`]'s reusable buffer, splits off every whole message as one `Bytes`
 //! and writes it with one call: no copy, no allocation per message, and writes
 //! batched by what one read brought.
+//!
+//! Metrics follow the same rule: per message the loops only add integers
+//! ([`RoundTrip`]); a clock is read once per batch that holds a round trip, and
+//! the shared counters are touched once per batch and per ReadyForQuery.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -20,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth;
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorKind};
 use crate::handshake::{self, Opening};
 use crate::listener::Shared;
+use crate::metrics::{ConnectionOutcome, Direction, InFlight, Metrics, RoundTrip, StatementKind};
 use crate::protocol::{Fill, FrameError, Framer};
 
 /// Time allowed for cancelling a statement a session leaves behind.
@@ -43,6 +48,8 @@ pub enum End {
     Upstream(ClientError),
     /// Postgres refused authentication; its ErrorResponse was forwarded.
     AuthFailed,
+    /// The connection carried a CancelRequest, which was served.
+    Cancel,
     /// Shutdown: running statements finished or the grace period ran out.
     Drained,
 }
@@ -85,7 +92,8 @@ pub async fn serve(
 async fn serve_in_span(client: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
     let _ = client.set_nodelay(true);
     let (mut crd, mut cwr) = client.into_split();
-    let end = run(&mut crd, &mut cwr, &shared, &shutdown).await;
+    let (end, outcome) = run(&mut crd, &mut cwr, &shared, &shutdown).await;
+    shared.metrics.connection_ended(outcome);
     match &end {
         End::Client(e) | End::Upstream(e) => {
             tracing::info!(sqlstate = e.sqlstate, error = %e.message, "session closed");
@@ -99,12 +107,30 @@ async fn serve_in_span(client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
     let _ = cwr.shutdown().await;
 }
 
+/// How a connection that ended with `end` counts in
+/// `pgwarden_connections_total`; `established` once authentication succeeded.
+fn outcome(end: &End, established: bool) -> ConnectionOutcome {
+    use ConnectionOutcome as O;
+    let left = if established { O::Ok } else { O::Abandoned };
+    match end {
+        End::ClientTerminated | End::ClientGone => left,
+        End::Client(e) if e.kind == ErrorKind::Io => left,
+        // 57P05 is sent for the idle timeout only.
+        End::Client(e) if e.sqlstate == "57P05" => O::IdleTimeout,
+        End::Client(_) => O::ProtocolError,
+        End::UpstreamGone | End::Upstream(_) => O::UpstreamError,
+        End::AuthFailed => O::AuthFailed,
+        End::Cancel => O::CancelRequest,
+        End::Drained => O::Shutdown,
+    }
+}
+
 async fn run<CR, CW>(
     crd: &mut CR,
     cwr: &mut CW,
     shared: &Shared,
     shutdown: &CancellationToken,
-) -> End
+) -> (End, ConnectionOutcome)
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
@@ -112,17 +138,23 @@ where
     let listen = &shared.config.listen;
     let mut client = Framer::frontend(listen.max_message_bytes as usize);
     let mut upstream = Framer::backend();
+    let metrics = &shared.metrics;
+    let mut unreachable = false;
 
     let handshake = async {
         let startup = match handshake::read_opening(crd, cwr, &shared.cancels).await {
             Ok(Opening::Startup(s)) => s,
-            Ok(Opening::Cancel | Opening::Closed) => return Err(End::ClientGone),
+            Ok(Opening::Cancel) => return Err(End::Cancel),
+            Ok(Opening::Closed) => return Err(End::ClientGone),
             Err(e) => return Err(End::Client(e)),
         };
+        let connecting = Instant::now();
         let conn = shared.upstream.connect().await.map_err(|e| {
             tracing::warn!(error = %e, "cannot reach upstream Postgres");
+            unreachable = true;
             End::Upstream(ClientError::upstream_unreachable())
         })?;
+        metrics.upstream_connected(connecting.elapsed().as_secs_f64());
         let addr =
             conn.peer_addr().map_err(|_| End::Upstream(ClientError::upstream_unreachable()))?;
         let (mut urd, mut uwr) = conn.into_split();
@@ -142,10 +174,17 @@ where
     let (mut urd, mut uwr, registration) = tokio::select! {
         r = tokio::time::timeout(listen.handshake_timeout.get(), handshake) => match r {
             Ok(Ok(established)) => established,
-            Ok(Err(end)) => return end,
-            Err(_) => return End::Client(ClientError::handshake_timeout()),
+            Ok(Err(end)) if unreachable => return (end, ConnectionOutcome::UpstreamUnreachable),
+            Ok(Err(end)) => {
+                let outcome = outcome(&end, false);
+                return (end, outcome);
+            }
+            Err(_) => {
+                let end = End::Client(ClientError::handshake_timeout());
+                return (end, ConnectionOutcome::HandshakeTimeout);
+            }
         },
-        _ = shutdown.cancelled() => return End::Drained,
+        _ = shutdown.cancelled() => return (End::Drained, ConnectionOutcome::Shutdown),
     };
 
     let state = SessionState {
@@ -153,12 +192,15 @@ where
         unsynced: AtomicBool::new(false),
         closing: shutdown.child_token(),
         client_error: Mutex::new(None),
+        in_flight: InFlight::default(),
     };
     let end = tokio::select! {
         biased;
-        end = client_to_upstream(&mut client, crd, &mut uwr, &state, listen.idle_timeout()) => end,
+        end = client_to_upstream(
+            &mut client, crd, &mut uwr, &state, metrics, listen.idle_timeout(),
+        ) => end,
         end = upstream_to_client(
-            &mut upstream, &mut urd, cwr, &state, listen.shutdown_grace.get(),
+            &mut upstream, &mut urd, cwr, &state, metrics, listen.shutdown_grace.get(),
         ) => end,
     };
     let end = match (end, state.take_client_error()) {
@@ -177,7 +219,8 @@ where
         let _ = uwr.write_all(&crate::protocol::terminate()).await;
     }
     let _ = uwr.shutdown().await;
-    end
+    let outcome = outcome(&end, true);
+    (end, outcome)
 }
 
 /// What the two loops of one session share.
@@ -194,6 +237,9 @@ struct SessionState {
     closing: CancellationToken,
     /// The fatal client error to send once the session has drained.
     client_error: Mutex<Option<ClientError>>,
+    /// Round trips sent and not yet answered, with their kind and send time:
+    /// how statements are timed and labelled.
+    in_flight: InFlight,
 }
 
 impl SessionState {
@@ -221,6 +267,7 @@ async fn client_to_upstream<R, W>(
     rd: &mut R,
     wr: &mut W,
     state: &SessionState,
+    metrics: &Metrics,
     idle_timeout: Option<Duration>,
 ) -> End
 where
@@ -241,17 +288,29 @@ where
             Ok(Err(e)) => return state.fail_client(client_framing_error(e)).await,
         }
         let mut terminated = false;
+        // Read at the first round trip of the batch, shared by the others.
+        let mut now = None;
         let (batch, error) = framer.split_batch(|tag, _| {
             if terminated {
                 return false;
             }
+            let mut sent = |kind| {
+                let at = *now.get_or_insert_with(|| state.in_flight.now_us());
+                state.in_flight.sent(kind, at);
+            };
             match tag {
-                b'Q' | b'F' => {
+                b'Q' => {
                     state.pending.fetch_add(1, Ordering::AcqRel);
+                    sent(StatementKind::Simple);
+                }
+                b'F' => {
+                    state.pending.fetch_add(1, Ordering::AcqRel);
+                    sent(StatementKind::Function);
                 }
                 b'S' => {
                     state.pending.fetch_add(1, Ordering::AcqRel);
                     state.unsynced.store(false, Ordering::Release);
+                    sent(StatementKind::Extended);
                 }
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
                     state.unsynced.store(true, Ordering::Release);
@@ -261,8 +320,11 @@ where
             }
             true
         });
-        if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
-            return End::UpstreamGone;
+        if !batch.is_empty() {
+            if wr.write_all(&batch).await.is_err() {
+                return End::UpstreamGone;
+            }
+            metrics.bytes(Direction::ClientToUpstream, batch.len());
         }
         if terminated {
             return End::ClientTerminated;
@@ -280,6 +342,7 @@ async fn upstream_to_client<R, W>(
     rd: &mut R,
     wr: &mut W,
     state: &SessionState,
+    metrics: &Metrics,
     grace: Duration,
 ) -> End
 where
@@ -292,6 +355,7 @@ where
     let deadline = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(deadline);
     let mut draining = false;
+    let mut round_trip = RoundTrip::default();
     loop {
         tokio::select! {
             biased;
@@ -310,17 +374,24 @@ where
             }
             _ = &mut deadline, if draining => return End::Drained,
         }
+        let mut now = None;
         let (batch, error) = framer.split_batch(|tag, _| {
+            round_trip.saw(tag);
             if tag == b'Z' {
                 // Saturating: a ReadyForQuery we did not count never underflows.
                 let _ = state.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                     Some(n.saturating_sub(1))
                 });
+                let at = *now.get_or_insert_with(|| state.in_flight.now_us());
+                round_trip.ready(&state.in_flight, at, metrics);
             }
             true
         });
-        if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
-            return End::ClientGone;
+        if !batch.is_empty() {
+            if wr.write_all(&batch).await.is_err() {
+                return End::ClientGone;
+            }
+            metrics.bytes(Direction::UpstreamToClient, batch.len());
         }
         if error.is_some() {
             return End::Upstream(ClientError::upstream_protocol_violation());

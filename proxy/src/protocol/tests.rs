@@ -206,7 +206,11 @@ async fn random_message_streams_never_panic_the_framer() {
             let tag = [b'Q', b'P', b'X', b'd', (rng.next() as u8)][(rng.next() % 5) as usize];
             let body = rng.bytes(40);
             // Sometimes a lying length.
-            let len = if rng.next() % 4 == 0 { rng.next() as u32 } else { 4 + body.len() as u32 };
+            let len = if rng.next().is_multiple_of(4) {
+                rng.next() as u32
+            } else {
+                4 + body.len() as u32
+            };
             wire.push(tag);
             wire.extend(len.to_be_bytes());
             wire.extend(body);

@@ -1,0 +1,92 @@
+//! The encrypted-column registry as the analyser sees it: which tables have
+//! encrypted columns, and how each column is encrypted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aho_corasick::AhoCorasick;
+use pgwarden_config::{Column, ColumnMode, LogicalType};
+
+/// One registered column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptedColumn {
+    /// `schema.table.column`.
+    pub name: String,
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    pub mode: ColumnMode,
+    pub key: String,
+    pub logical_type: LogicalType,
+}
+
+impl EncryptedColumn {
+    pub fn deterministic(&self) -> bool {
+        self.mode == ColumnMode::Deterministic
+    }
+
+    /// `deterministic` or `randomized`, for messages.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            ColumnMode::Deterministic => "deterministic",
+            ColumnMode::Randomized => "randomized",
+        }
+    }
+}
+
+/// Registered tables and columns, built once per configuration.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// (schema, table) → column name → column.
+    tables: HashMap<(String, String), HashMap<String, Arc<EncryptedColumn>>>,
+    /// Finds statements that may name a registered table, case-insensitively,
+    /// so that others skip the parser entirely.
+    prefilter: Option<AhoCorasick>,
+}
+
+impl Registry {
+    pub fn new(columns: &[Column]) -> Self {
+        let mut tables: HashMap<(String, String), HashMap<String, Arc<EncryptedColumn>>> =
+            HashMap::new();
+        for c in columns {
+            let Some((schema, table, column)) = c.parts() else { continue };
+            let col = Arc::new(EncryptedColumn {
+                name: c.name.clone(),
+                schema: schema.into(),
+                table: table.into(),
+                column: column.into(),
+                mode: c.mode,
+                key: c.key.clone(),
+                logical_type: c.logical_type,
+            });
+            tables.entry((schema.into(), table.into())).or_default().insert(column.into(), col);
+        }
+        let names: Vec<&str> = tables.keys().map(|(_, t)| t.as_str()).collect();
+        let prefilter = (!names.is_empty())
+            .then(|| AhoCorasick::builder().ascii_case_insensitive(true).build(&names).ok())
+            .flatten();
+        Self { tables, prefilter }
+    }
+
+    /// Whether `sql` may name a registered table. False means it cannot touch
+    /// an encrypted column and needs no analysis.
+    pub fn may_touch(&self, sql: &str) -> bool {
+        match &self.prefilter {
+            Some(ac) => ac.is_match(sql),
+            None => false,
+        }
+    }
+
+    /// The columns of a registered table, `schema` defaulting to `public`.
+    pub fn table(
+        &self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Option<&HashMap<String, Arc<EncryptedColumn>>> {
+        self.tables.get(&(schema.unwrap_or("public").to_string(), table.to_string()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+}

@@ -1,0 +1,180 @@
+use pgwarden_config::{Classification, Column, ColumnMode, LogicalType};
+
+use super::rewrite::{bytea_literal, replace_literals};
+use super::*;
+
+fn registry() -> Registry {
+    let col = |name: &str, ty, mode, key: &str| Column {
+        name: name.into(),
+        logical_type: ty,
+        mode,
+        key: key.into(),
+        classification: Classification::Restricted,
+        compliance: vec![],
+    };
+    Registry::new(&[
+        col("public.customers.ssn", LogicalType::Text, ColumnMode::Deterministic, "pii"),
+        col("public.customers.card", LogicalType::Text, ColumnMode::Randomized, "pci"),
+        col("public.customers.age", LogicalType::Int4, ColumnMode::Deterministic, "pii"),
+        col("public.people.ssn", LogicalType::Text, ColumnMode::Deterministic, "pii"),
+        col("billing.cards.pan", LogicalType::Text, ColumnMode::Deterministic, "other"),
+    ])
+}
+
+fn ok(sql: &str) -> Analysis {
+    analyze(sql, &registry()).unwrap_or_else(|e| panic!("{sql}: refused: {e}"))
+}
+
+fn refused(sql: &str) -> String {
+    match analyze(sql, &registry()) {
+        Ok(a) => panic!("{sql}: accepted: {a:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn literal_texts(a: &Analysis, sql: &str) -> Vec<(String, String, String)> {
+    a.literals
+        .iter()
+        .map(|l| (l.column.name.clone(), l.value.clone(), sql[l.range.clone()].to_string()))
+        .collect()
+}
+
+#[test]
+fn statements_that_name_no_registered_table_skip_the_parser() {
+    let a = ok("SELECT * FROM orders WHERE note LIKE '%x%' ORDER BY 1");
+    assert!(a.is_untouched());
+    // Not even parsed: garbage that names no registered table passes through.
+    assert!(ok("THIS IS NOT SQL").is_untouched());
+}
+
+#[test]
+fn plain_reads_of_encrypted_columns_are_accepted() {
+    for sql in [
+        "SELECT * FROM customers",
+        "SELECT ssn, card AS c FROM customers c",
+        "SELECT c.ssn FROM public.customers AS c JOIN people p ON p.ssn = c.ssn",
+        "WITH x AS (SELECT ssn FROM customers) SELECT * FROM x",
+        "SELECT id FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE ssn = $1)",
+        "SELECT ssn, count(*) FROM customers GROUP BY ssn",
+        "SELECT DISTINCT ssn FROM customers",
+        "SELECT * FROM customers WHERE card IS NOT NULL AND ssn IS NULL",
+    ] {
+        let a = ok(sql);
+        assert!(a.tables.contains(&"public.customers".to_string()), "{sql}: {a:?}");
+    }
+}
+
+#[test]
+fn equality_literals_and_parameters_on_deterministic_columns_are_marked_for_encryption() {
+    let sql =
+        "SELECT * FROM customers WHERE ssn = '123-45-6789' AND age <> -42 OR ssn IN ($2, 'x')";
+    let a = ok(sql);
+    assert_eq!(
+        literal_texts(&a, sql),
+        vec![
+            ("public.customers.ssn".into(), "123-45-6789".into(), "'123-45-6789'".into()),
+            ("public.customers.age".into(), "-42".into(), "-42".into()),
+            ("public.customers.ssn".into(), "x".into(), "'x'".into()),
+        ]
+    );
+    assert_eq!(a.params.len(), 1);
+    assert_eq!(a.params[0].index, 1);
+}
+
+#[test]
+fn insert_values_update_and_delete_mark_values_for_their_columns() {
+    let sql = "INSERT INTO customers (id, ssn, card, age) VALUES (1, '1-2', $1, DEFAULT), \
+               (2, NULL, E'a\\'b', '7' :: int4[]), (3, '2001-01-01'::timestamp with time zone, $3, 1) \
+               ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn, card = $2 RETURNING ssn";
+    let a = ok(sql);
+    let lits = literal_texts(&a, sql);
+    assert_eq!(lits[0], ("public.customers.ssn".into(), "1-2".into(), "'1-2'".into()));
+    assert_eq!(lits[1].1, "a'b");
+    assert_eq!(lits[2], ("public.customers.age".into(), "7".into(), "'7' :: int4[]".into()));
+    assert_eq!(lits[3].2, "'2001-01-01'::timestamp with time zone");
+    assert_eq!(lits[4], ("public.customers.age".into(), "1".into(), "1".into()));
+    let params: Vec<(usize, &str)> =
+        a.params.iter().map(|p| (p.index, p.column.name.as_str())).collect();
+    assert_eq!(
+        params,
+        vec![
+            (0, "public.customers.card"),
+            (2, "public.customers.card"),
+            (1, "public.customers.card")
+        ]
+    );
+
+    let a = ok("UPDATE customers SET ssn = $1, name = upper(name) WHERE ssn = 'old'");
+    assert_eq!(a.params.len(), 1);
+    assert_eq!(a.literals.len(), 1);
+    let a = ok("DELETE FROM customers WHERE ssn IN ('a', 'b') RETURNING card");
+    assert_eq!(a.literals.len(), 2);
+}
+
+#[test]
+fn unsupported_uses_are_refused_naming_the_column() {
+    for (sql, column) in [
+        ("SELECT * FROM customers WHERE ssn LIKE '1%'", "public.customers.ssn"),
+        ("SELECT * FROM customers WHERE age < 30", "public.customers.age"),
+        ("SELECT * FROM customers ORDER BY ssn", "public.customers.ssn"),
+        ("SELECT upper(ssn) FROM customers", "public.customers.ssn"),
+        ("SELECT * FROM customers WHERE card = 'x'", "public.customers.card"),
+        ("SELECT card, count(*) FROM customers GROUP BY card", "public.customers.card"),
+        ("SELECT DISTINCT card FROM customers", "public.customers.card"),
+        ("UPDATE customers SET age = age + 1", "public.customers.age"),
+        ("INSERT INTO customers (ssn) VALUES (lower('X'))", "public.customers.ssn"),
+        ("SELECT * FROM customers c JOIN billing.cards b ON b.pan = c.ssn", "billing.cards.pan"),
+        ("SELECT * FROM customers WHERE ssn = card", "public.customers.ssn"),
+    ] {
+        let e = refused(sql);
+        assert!(e.contains(column), "{sql}: {e}");
+        assert!(e.contains("is encrypted"), "{sql}: {e}");
+    }
+}
+
+#[test]
+fn writes_the_proxy_cannot_analyse_are_refused() {
+    for sql in [
+        "INSERT INTO customers VALUES (1, 'x')",
+        "INSERT INTO customers (ssn) SELECT ssn FROM people",
+        "COPY customers FROM STDIN",
+        "INSERT INTO customers (ssn) VALUES ('x') ; SELEC oops",
+    ] {
+        let e = refused(sql);
+        assert!(!e.is_empty(), "{sql}");
+    }
+}
+
+#[test]
+fn refusals_never_repeat_the_values_in_the_statement() {
+    let secret = "987-65-4321";
+    for sql in [
+        format!("SELECT * FROM customers WHERE ssn LIKE '{secret}'"),
+        format!("INSERT INTO customers (ssn) VALUES (trim('{secret}'))"),
+        format!("INSERT INTO customers VALUES ('{secret}')"),
+        format!("INSERT INTO customers (ssn) VALUES ('{secret}' "),
+    ] {
+        let e = refused(&sql);
+        assert!(!e.contains(secret), "{e}");
+    }
+}
+
+#[test]
+fn literals_are_replaced_in_place_and_the_rest_of_the_text_is_kept() {
+    let sql = "SELECT  *\nFROM customers -- note\nWHERE ssn = 'ab' AND age = 7";
+    let a = ok(sql);
+    let sites = a.literals.iter().map(|l| (l.range.clone(), vec![0x50, 0x57])).collect();
+    let out = replace_literals(sql, sites).unwrap();
+    assert_eq!(
+        out,
+        "SELECT  *\nFROM customers -- note\nWHERE ssn = E'\\\\x5057'::bytea AND age = E'\\\\x5057'::bytea"
+    );
+    assert_eq!(bytea_literal(&[0, 255]), "E'\\\\x00ff'::bytea");
+}
+
+#[test]
+fn multibyte_text_before_a_literal_keeps_ranges_right() {
+    let sql = "SELECT 'ünïcødé', * FROM customers WHERE ssn = 'x'";
+    let a = ok(sql);
+    assert_eq!(&sql[a.literals[0].range.clone()], "'x'");
+}
