@@ -68,7 +68,9 @@ fn decrypt(c: &mut Criterion) {
             });
             group.bench_with_input(BenchmarkId::new("pgwarden", size), &size, |b, _| {
                 b.iter(|| {
-                    cipher.decrypt(&aad, std::hint::black_box(&envelope), &mut out).expect("decrypt");
+                    cipher
+                        .decrypt(&aad, std::hint::black_box(&envelope), &mut out)
+                        .expect("decrypt");
                     std::hint::black_box(&out);
                 })
             });
