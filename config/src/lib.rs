@@ -36,7 +36,8 @@ pub struct Config {
     pub upstream: Upstream,
     /// The master key that wraps the data keys.
     pub keys: Keys,
-    /// Encrypted columns. Reloaded on SIGHUP.
+    /// Encrypted columns. Read by `pgwarden keys`; the proxy itself refuses to
+    /// start with any until it encrypts on the wire.
     pub columns: Vec<Column>,
     /// The admin HTTP endpoints: Prometheus metrics, liveness, readiness.
     pub metrics: Metrics,
@@ -53,15 +54,18 @@ pub struct Listen {
     pub max_connections: u32,
     /// Largest message a client may send, in bytes; a larger one gets 08P01 and a
     /// closed connection. Protects memory from a hostile length prefix.
-    /// Default 64 MiB. Needs a restart.
+    /// Default 64 MiB. SIGHUP applies it to new sessions.
     pub max_message_bytes: u32,
-    /// Time a client has from connecting to finishing authentication. Default `30s`.
+    /// Time a client has from connecting to finishing authentication. Default
+    /// `30s`. SIGHUP applies it to new sessions.
     pub handshake_timeout: DurationValue,
     /// A client that sends nothing for this long while no statement runs is
-    /// disconnected. `0s` (the default) disables it.
+    /// disconnected. `0s` (the default) disables it. SIGHUP applies it to new
+    /// sessions.
     pub idle_timeout: DurationValue,
     /// On SIGTERM/SIGINT, how long running statements may take to finish before
-    /// their sessions are closed with 57P01. Default `30s`.
+    /// their sessions are closed with 57P01. Default `30s`. SIGHUP applies it to
+    /// new sessions.
     pub shutdown_grace: DurationValue,
     /// Threads serving connections. 0 (the default): one per CPU. 1 runs every
     /// session on one thread, which spends the least CPU per message where the

@@ -270,6 +270,11 @@ impl ProxyProcess {
         panic!("pgwarden did not start listening on port {port}");
     }
 
+    /// The configuration file it runs with (rewrite it and send HUP to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("pgwarden.toml")
+    }
+
     /// What the process wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()

@@ -224,3 +224,72 @@ async fn json_logs_carry_a_session_id_and_never_a_password_even_at_trace_level()
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_to_new_sessions_keeps_restart_only_settings_and_refuses_bad_configs() {
+    let env = TestEnv::start().await;
+    let running = env.handle.config();
+
+    let mut next = (*running).clone();
+    next.listen.handshake_timeout = pgwarden_config::DurationValue::parse("300ms");
+    next.listen.address = "127.0.0.1:1".into();
+    let restart = env.handle.reload(next).unwrap();
+    assert_eq!(restart, vec!["listen.address"]);
+    assert_eq!(env.handle.config().listen.address, running.listen.address);
+
+    // The new handshake timeout holds for the next connection.
+    let mut silent = Wire::connect(env.proxy_addr).await;
+    let started = Instant::now();
+    let msgs = silent.until_eof().await;
+    assert_eq!(msgs.last().and_then(|m| m.sqlstate()).as_deref(), Some("08P01"));
+    assert!(started.elapsed() < Duration::from_secs(5), "old 30s timeout still in force");
+
+    let mut bad = (*env.handle.config()).clone();
+    bad.listen.max_connections = 0;
+    let problems = env.handle.reload(bad).unwrap_err();
+    assert!(problems[0].contains("listen.max_connections"), "{problems:?}");
+    assert_eq!(env.handle.config().listen.max_connections, running.listen.max_connections);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reloads_on_sighup_and_keeps_running_on_an_invalid_file() {
+    let pg = tokio::task::spawn_blocking(pgwarden_integration::start_cluster).await.unwrap();
+    let port = pgwarden::cluster::free_port().unwrap();
+    let base =
+        format!("[listen]\naddress = \"127.0.0.1:{port}\"\n\n[upstream]\nport = {}\n", pg.port());
+    let toml = base.clone();
+    let proxy =
+        tokio::task::spawn_blocking(move || ProxyProcess::start_logging(&toml, port, &[], "info"))
+            .await
+            .unwrap();
+    let addr = ([127, 0, 0, 1], port).into();
+
+    // idle_timeout 1s, by reload.
+    std::fs::write(
+        proxy.config_path(),
+        base.replace("[listen]\n", "[listen]\nidle_timeout = \"1s\"\n"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains("configuration reloaded") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut idle, _) = Wire::startup(addr, roles::TRUST, "postgres").await;
+    let msgs = idle.until_eof().await;
+    assert_eq!(msgs.last().and_then(|m| m.sqlstate()).as_deref(), Some("57P05"), "{}", proxy.log());
+
+    // An invalid file is refused and the proxy keeps serving.
+    std::fs::write(proxy.config_path(), "[listen]\nmax_connections = 0\nbogus = 1\n").unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains("reload refused") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = proxy.log();
+    assert!(log.contains("listen.bogus") && log.contains("listen.max_connections"), "{log}");
+    let c =
+        pgwarden_integration::connect(&pgwarden_integration::url(port, roles::SCRAM, "postgres"))
+            .await;
+    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}

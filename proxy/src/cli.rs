@@ -117,6 +117,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let proxy = Proxy::bind(config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(reload_on_sighup(path.to_path_buf(), proxy.handle()));
         proxy.run(shutdown).await?;
         Ok(())
     })
@@ -164,6 +165,34 @@ pub(crate) fn runtime(worker_threads: u16) -> anyhow::Result<tokio::runtime::Run
         }
     };
     Ok(builder.enable_all().build()?)
+}
+
+/// Reloads the configuration file on every SIGHUP. An invalid file leaves the
+/// running configuration in force; the reason is logged.
+async fn reload_on_sighup(path: PathBuf, proxy: crate::listener::ProxyHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload needs a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let loaded = pgwarden_config::load_file(&path).map_err(|e| e.problems());
+        match loaded.and_then(|c| proxy.reload(c)) {
+            Ok(restart) if restart.is_empty() => {
+                tracing::info!(file = %path.display(), "configuration reloaded");
+            }
+            Ok(restart) => tracing::warn!(
+                file = %path.display(),
+                needs_restart = %restart.join(", "),
+                "configuration reloaded; these changes need a restart and keep their running values"
+            ),
+            Err(problems) => tracing::error!(
+                file = %path.display(),
+                problems = %problems.join("; "),
+                "configuration reload refused; the running configuration stays in force"
+            ),
+        }
+    }
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use pgwarden_config::{AdminListen, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,7 +27,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every session of one proxy shares.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// Swapped whole on reload (SIGHUP); a session reads it once, at its start.
+    pub config: ArcSwap<Config>,
     pub cancels: CancelMap,
     pub upstream: UpstreamTarget,
     /// This proxy's metrics, exported by the admin server.
@@ -65,6 +67,47 @@ impl ProxyHandle {
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
+
+    /// The configuration sessions start with now.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
+    }
+
+    /// Puts a new, validated configuration in force for sessions that start
+    /// from now on. Settings that need a restart keep their running values and
+    /// are named in the answer. A configuration this proxy cannot honour is
+    /// refused whole, and the running one stays.
+    pub fn reload(&self, mut new: Config) -> Result<Vec<&'static str>, Vec<String>> {
+        let problems = new.validate();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        if !new.columns.is_empty() {
+            return Err(vec![
+                "columns: this version cannot encrypt; [[columns]] are refused".into()
+            ]);
+        }
+        let old = self.shared.config.load_full();
+        let mut restart = Vec::new();
+        macro_rules! keep {
+            ($($path:ident).+, $key:literal) => {
+                if new.$($path).+ != old.$($path).+ {
+                    restart.push($key);
+                    new.$($path).+ = old.$($path).+.clone();
+                }
+            };
+        }
+        keep!(listen.address, "listen.address");
+        keep!(listen.max_connections, "listen.max_connections");
+        keep!(listen.worker_threads, "listen.worker_threads");
+        keep!(upstream.host, "upstream.host");
+        keep!(upstream.port, "upstream.port");
+        keep!(upstream.tls, "upstream.tls");
+        keep!(upstream.connect_timeout, "upstream.connect_timeout");
+        keep!(metrics.address, "metrics.address");
+        self.shared.config.store(Arc::new(new));
+        Ok(restart)
+    }
 }
 
 impl Proxy {
@@ -88,7 +131,7 @@ impl Proxy {
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
             upstream: UpstreamTarget::from_config(&config.upstream),
-            config,
+            config: ArcSwap::new(config),
             cancels: CancelMap::default(),
             metrics,
         });
@@ -113,7 +156,8 @@ impl Proxy {
     /// statement before it is closed with 57P01). The admin endpoints serve
     /// until the sessions are gone, `/readyz` answering 503 meanwhile.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let listen = &self.shared.config.listen;
+        let config = self.shared.config.load_full();
+        let listen = &config.listen;
         let max = listen.max_connections as usize;
         let slots = Arc::new(Semaphore::new(max));
         // Connections over the cap are answered 53300; this bounds how many such

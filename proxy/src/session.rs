@@ -135,7 +135,8 @@ where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
 {
-    let listen = &shared.config.listen;
+    let config = shared.config.load_full();
+    let listen = &config.listen;
     let mut client = Framer::frontend(listen.max_message_bytes as usize);
     let mut upstream = Framer::backend();
     let metrics = &shared.metrics;
