@@ -15,6 +15,7 @@
 
 mod columns;
 mod load;
+mod policy;
 pub mod value;
 
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 pub use columns::{Classification, Column, ColumnMode, Keys, LogicalType, COMPLIANCE_FRAMEWORKS};
 pub use load::{load_file, load_str, ConfigError};
+pub use policy::{parse_net, Limits, NetworkRule, TimeWindow};
 pub use value::{DurationValue, Secret, SecretString};
 
 /// The whole configuration file.
@@ -36,6 +38,10 @@ pub struct Config {
     pub upstream: Upstream,
     /// The master key that wraps the data keys.
     pub keys: Keys,
+    /// Who may connect from where and when. SIGHUP applies them to new sessions.
+    pub network: Vec<NetworkRule>,
+    /// Per-role connection caps and failed-login lockout.
+    pub limits: Limits,
     /// Encrypted columns. Read by `pgwarden keys`; the proxy itself refuses to
     /// start with any until it encrypts on the wire.
     pub columns: Vec<Column>,
@@ -262,6 +268,7 @@ impl Config {
             }
         }
         columns::validate(&self.keys, &self.columns, &mut problems);
+        policy::validate(&self.network, &self.limits, &mut problems);
         if !self.columns.is_empty() && self.upstream.admin_user.is_empty() {
             problems.push(
                 "upstream.admin_user: required when columns are registered (the proxy reads \

@@ -210,16 +210,16 @@ pub async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_post
     Ok(client)
 }
 
-/// The `pgwarden` binary of this build (built by `cargo test --workspace` and
-/// `cargo nextest run --workspace`, next to the test executables).
+/// The `pgwarden` binary of this build, next to the test executables
+/// (`scripts/test` builds it before running the tests).
 pub fn pgwarden_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = dir.join("pgwarden");
     assert!(
         bin.is_file(),
-        "{} not found: run the tests with `cargo nextest run --workspace` (or build it with \
-         `cargo build -p pgwarden`)",
+        "{} not found: run the tests with scripts/test, or build it first with \
+         `cargo build -p pgwarden`",
         bin.display()
     );
     bin

@@ -143,6 +143,12 @@ fn cstr(s: &str) -> Vec<u8> {
 }
 
 impl Wire {
+    /// Wraps an already connected socket.
+    pub fn from_stream(stream: TcpStream) -> Self {
+        let _ = stream.set_nodelay(true);
+        Self { stream, buf: BytesMut::new() }
+    }
+
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");

@@ -88,7 +88,9 @@ where
             b'E' => {
                 out.extend_from_slice(&msg.frame);
                 flush(s.client_wr, &mut out).await?;
-                return Err(End::AuthFailed);
+                // 28P01 invalid_password: what the lockout counts.
+                let password = msg.body().windows(6).any(|w| w == b"C28P01");
+                return Err(End::AuthFailed { password });
             }
             b'Z' => {
                 out.extend_from_slice(&msg.frame);

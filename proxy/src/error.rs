@@ -16,6 +16,8 @@ pub enum ErrorKind {
     Upstream,
     /// The proxy is shutting down or at capacity.
     Proxy,
+    /// A connection policy refused the client.
+    Policy,
     /// A socket failed; nothing can be sent.
     Io,
 }
@@ -79,6 +81,49 @@ impl ClientError {
             "53300",
             "sorry, too many clients already: pgwarden is at listen.max_connections; \
              try again later",
+        )
+    }
+
+    /// 28000: a `[[network]]` rule does not let this role in from here.
+    pub fn address_refused(role: &str, rule: usize) -> Self {
+        Self::fatal(
+            ErrorKind::Policy,
+            "28000",
+            format!(
+                "role \"{role}\" may not connect from this address (network[{rule}] of the \
+                 pgwarden configuration); ask the operator to allow it"
+            ),
+        )
+    }
+
+    /// 28000: outside the role's allowed hours.
+    pub fn outside_hours(role: &str, hours: &str) -> Self {
+        Self::fatal(
+            ErrorKind::Policy,
+            "28000",
+            format!("role \"{role}\" may connect only {hours}; try again then"),
+        )
+    }
+
+    /// 28000: too many failed logins from this address.
+    pub fn locked_out(left: std::time::Duration) -> Self {
+        let minutes = left.as_secs().div_ceil(60).max(1);
+        Self::fatal(
+            ErrorKind::Policy,
+            "28000",
+            format!("too many failed logins; try again in {minutes} minute(s)"),
+        )
+    }
+
+    /// 53300: `limits.max_connections_per_user` reached.
+    pub fn too_many_connections_for_role(role: &str) -> Self {
+        Self::fatal(
+            ErrorKind::Policy,
+            "53300",
+            format!(
+                "too many connections for role \"{role}\" (limits.max_connections_per_user); \
+                 close one or try again later"
+            ),
         )
     }
 

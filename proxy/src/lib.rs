@@ -10,6 +10,7 @@
 //! One module per stage of a connection's life:
 //! - [`listener`]: accept, the connection cap, graceful shutdown;
 //! - [`handshake`]: SSLRequest, GSSENCRequest, CancelRequest, StartupMessage;
+//! - [`policy`]: network rules, per-role caps and lockout, before Postgres;
 //! - [`auth`]: relaying authentication, swapping cancel keys;
 //! - [`session`]: the two message loops;
 //! - [`upstream`]: connecting to Postgres.
@@ -35,6 +36,7 @@ pub mod handshake;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod protocol;
 pub mod session;
 pub mod sql;

@@ -18,6 +18,7 @@ use crate::cancel::CancelMap;
 use crate::error::ClientError;
 use crate::handshake::{self, Opening};
 use crate::metrics::{ConnectionOutcome, Metrics};
+use crate::policy::{Lockouts, UserSlots};
 use crate::session;
 use crate::upstream::UpstreamTarget;
 
@@ -33,6 +34,10 @@ pub struct Shared {
     pub upstream: UpstreamTarget,
     /// This proxy's metrics, exported by the admin server.
     pub metrics: Metrics,
+    /// Sessions per login role, for `limits.max_connections_per_user`.
+    pub user_slots: UserSlots,
+    /// Failed logins per (role, address), for the lockout.
+    pub lockouts: Lockouts,
 }
 
 /// A bound, not yet running proxy.
@@ -134,6 +139,8 @@ impl Proxy {
             config: ArcSwap::new(config),
             cancels: CancelMap::default(),
             metrics,
+            user_slots: UserSlots::default(),
+            lockouts: Lockouts::default(),
         });
         Ok(Self { listener, shared, tracker: TaskTracker::new(), admin })
     }

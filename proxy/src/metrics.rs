@@ -58,6 +58,9 @@ label_enum! {
         AuthFailed = "auth_failed",
         /// Over `listen.max_connections`: answered 53300.
         RefusedCapacity = "refused_capacity",
+        /// Refused by a connection policy: network rule, hours, lockout or the
+        /// per-role cap (28000 or 53300), before Postgres was contacted.
+        RefusedPolicy = "refused_policy",
         /// Malformed or oversized protocol message (08P01).
         ProtocolError = "protocol_error",
         /// No authenticated session within `listen.handshake_timeout`.
@@ -102,6 +105,14 @@ label_enum! {
         HandshakeTimeout = "handshake_timeout",
         /// `listen.idle_timeout` exceeded.
         IdleTimeout = "idle_timeout",
+        /// A `[[network]]` rule refused the client's address.
+        Network = "network",
+        /// Outside a `[[network]]` rule's hours.
+        Hours = "hours",
+        /// Locked out after too many failed logins.
+        Lockout = "lockout",
+        /// `limits.max_connections_per_user` reached.
+        RoleCapacity = "role_capacity",
     }
 }
 

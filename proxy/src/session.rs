@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,7 +27,10 @@ use crate::auth;
 use crate::error::{ClientError, ErrorKind};
 use crate::handshake::{self, Opening};
 use crate::listener::Shared;
-use crate::metrics::{ConnectionOutcome, Direction, InFlight, Metrics, RoundTrip, StatementKind};
+use crate::metrics::{
+    ConnectionOutcome, Denial, Direction, InFlight, Metrics, RoundTrip, StatementKind,
+};
+use crate::policy;
 use crate::protocol::{Fill, FrameError, Framer};
 
 /// Time allowed for cancelling a statement a session leaves behind.
@@ -47,7 +50,10 @@ pub enum End {
     /// Postgres misbehaved or could not be reached: tell the client, then close.
     Upstream(ClientError),
     /// Postgres refused authentication; its ErrorResponse was forwarded.
-    AuthFailed,
+    /// `password`: it was a wrong password (28P01), which the lockout counts.
+    AuthFailed { password: bool },
+    /// A connection policy refused the client before Postgres was contacted.
+    Refused(ClientError),
     /// The connection carried a CancelRequest, which was served.
     Cancel,
     /// Shutdown: running statements finished or the grace period ran out.
@@ -86,16 +92,21 @@ pub async fn serve(
 ) {
     let id = format!("{:016x}", rand::random::<u64>());
     let span = tracing::info_span!("session", id = %id, client = %peer);
-    serve_in_span(client, shared, shutdown).instrument(span).await;
+    serve_in_span(client, peer, shared, shutdown).instrument(span).await;
 }
 
-async fn serve_in_span(client: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn serve_in_span(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let _ = client.set_nodelay(true);
     let (mut crd, mut cwr) = client.into_split();
-    let (end, outcome) = run(&mut crd, &mut cwr, &shared, &shutdown).await;
+    let (end, outcome) = run(&mut crd, &mut cwr, peer, &shared, &shutdown).await;
     shared.metrics.connection_ended(outcome);
     match &end {
-        End::Client(e) | End::Upstream(e) => {
+        End::Client(e) | End::Upstream(e) | End::Refused(e) => {
             tracing::info!(sqlstate = e.sqlstate, error = %e.message, "session closed");
             let _ = cwr.write_all(&e.to_message()).await;
         }
@@ -119,7 +130,8 @@ fn outcome(end: &End, established: bool) -> ConnectionOutcome {
         End::Client(e) if e.sqlstate == "57P05" => O::IdleTimeout,
         End::Client(_) => O::ProtocolError,
         End::UpstreamGone | End::Upstream(_) => O::UpstreamError,
-        End::AuthFailed => O::AuthFailed,
+        End::AuthFailed { .. } => O::AuthFailed,
+        End::Refused(_) => O::RefusedPolicy,
         End::Cancel => O::CancelRequest,
         End::Drained => O::Shutdown,
     }
@@ -128,6 +140,7 @@ fn outcome(end: &End, established: bool) -> ConnectionOutcome {
 async fn run<CR, CW>(
     crd: &mut CR,
     cwr: &mut CW,
+    peer: SocketAddr,
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> (End, ConnectionOutcome)
@@ -149,6 +162,21 @@ where
             Ok(Opening::Closed) => return Err(End::ClientGone),
             Err(e) => return Err(End::Client(e)),
         };
+        let role = startup.user();
+        let refuse = |e: ClientError, why: Denial| {
+            metrics.denied(why);
+            tracing::info!(role, reason = why.as_str(), "connection refused by policy");
+            End::Refused(e)
+        };
+        policy::check_network(&config, role, peer.ip(), SystemTime::now())
+            .map_err(|(e, why)| refuse(e, why))?;
+        if let Some(left) = shared.lockouts.locked(role, peer.ip()) {
+            return Err(refuse(ClientError::locked_out(left), Denial::Lockout));
+        }
+        let slot =
+            shared.user_slots.acquire(role, config.limits.max_connections_per_user).ok_or_else(
+                || refuse(ClientError::too_many_connections_for_role(role), Denial::RoleCapacity),
+            )?;
         let connecting = Instant::now();
         let conn = shared.upstream.connect().await.map_err(|e| {
             tracing::warn!(error = %e, "cannot reach upstream Postgres");
@@ -168,11 +196,21 @@ where
             upstream_wr: &mut uwr,
             upstream: &mut upstream,
         };
-        let registration = auth::relay(sides, &shared.cancels, addr).await?;
+        let registration = match auth::relay(sides, &shared.cancels, addr).await {
+            Ok(r) => {
+                shared.lockouts.succeeded(role, peer.ip());
+                r
+            }
+            Err(End::AuthFailed { password: true }) => {
+                shared.lockouts.failed(role, peer.ip(), &config.limits);
+                return Err(End::AuthFailed { password: true });
+            }
+            Err(e) => return Err(e),
+        };
         tracing::debug!(user = startup.user(), database = startup.database(), "authenticated");
-        Ok((urd, uwr, registration))
+        Ok((urd, uwr, registration, slot))
     };
-    let (mut urd, mut uwr, registration) = tokio::select! {
+    let (mut urd, mut uwr, registration, _slot) = tokio::select! {
         r = tokio::time::timeout(listen.handshake_timeout.get(), handshake) => match r {
             Ok(Ok(established)) => established,
             Ok(Err(end)) if unreachable => return (end, ConnectionOutcome::UpstreamUnreachable),

@@ -1,0 +1,161 @@
+//! Connection policy, decided before Postgres is contacted: `[[network]]`
+//! address rules and hours per role, per-role connection caps, and the
+//! failed-login lockout.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly")]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pgwarden_config::{parse_net, NetworkRule};
+use pgwarden_integration::wire::{self, Msg, Wire};
+use pgwarden_integration::{roles, TestEnv, PASSWORD};
+use tokio::net::TcpSocket;
+
+/// Starts up as `user` from the local address `from`; the messages until the
+/// server closes or is ready.
+async fn startup_from(proxy: SocketAddr, from: &str, user: &str) -> Vec<Msg> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(proxy).await.unwrap();
+    let mut w = Wire::from_stream(stream);
+    w.send(&wire::startup(&[("user", user), ("database", "postgres")])).await;
+    // Up to the first ReadyForQuery, ErrorResponse or password request.
+    let mut msgs = Vec::new();
+    while let Some(m) = w.recv().await {
+        let done =
+            matches!(m.tag, b'Z' | b'E' | b'R') && !(m.tag == b'R' && m.body == [0, 0, 0, 0]);
+        msgs.push(m);
+        if done {
+            break;
+        }
+    }
+    msgs
+}
+
+fn last_error(msgs: &[Msg]) -> (String, String) {
+    let e = msgs.iter().rev().find(|m| m.tag == b'E').expect("no ErrorResponse");
+    (e.sqlstate().unwrap(), e.field(b'M').unwrap())
+}
+
+async fn upstream_logins(env: &TestEnv, user: &str) -> i64 {
+    let c = env.direct_client().await;
+    c.query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_rules_allow_and_deny_by_client_address_per_role() {
+    let env = TestEnv::start_with(|c| {
+        c.network.push(NetworkRule {
+            roles: vec![roles::TRUST.into()],
+            allow: vec!["127.0.0.1/32".into()],
+            ..NetworkRule::default()
+        });
+        c.network.push(NetworkRule { deny: vec!["127.0.0.3".into()], ..NetworkRule::default() });
+    })
+    .await;
+    assert!(parse_net("127.0.0.3").is_ok());
+    let ok = startup_from(env.proxy_addr, "127.0.0.1", roles::TRUST).await;
+    assert_eq!(ok.last().unwrap().tag, b'Z', "allowed address refused");
+
+    let refused = startup_from(env.proxy_addr, "127.0.0.2", roles::TRUST).await;
+    let (code, msg) = last_error(&refused);
+    assert_eq!(code, "28000");
+    assert!(
+        msg.contains("may not connect from this address") && msg.contains("network[0]"),
+        "{msg}"
+    );
+
+    // The same address for a role the first rule does not name is fine...
+    let other = startup_from(env.proxy_addr, "127.0.0.2", roles::SUPERUSER).await;
+    assert!(other.iter().any(|m| m.tag == b'R'), "role without a rule was refused");
+    // ...but the deny rule for every role holds.
+    let (code, _) = last_error(&startup_from(env.proxy_addr, "127.0.0.3", roles::SUPERUSER).await);
+    assert_eq!(code, "28000");
+    let (_, metrics) = env.admin_get("/metrics").await;
+    assert!(metrics.contains("pgwarden_denied_total{reason=\"network\"} 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_window_that_excludes_now_refuses_the_role() {
+    let now_hour =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+            / 3600)
+            % 24;
+    let (from, to) = ((now_hour + 2) % 24, (now_hour + 3) % 24);
+    let hours = format!("{from:02}:00-{to:02}:00 UTC");
+    let rule_hours = hours.clone();
+    let env = TestEnv::start_with(move |c| {
+        c.network.push(NetworkRule {
+            roles: vec![roles::TRUST.into()],
+            hours: rule_hours,
+            ..NetworkRule::default()
+        });
+    })
+    .await;
+    let (code, msg) = last_error(&startup_from(env.proxy_addr, "127.0.0.1", roles::TRUST).await);
+    assert_eq!(code, "28000");
+    assert!(msg.contains(&hours), "{msg}");
+    assert_eq!(upstream_logins(&env, roles::TRUST).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_is_capped_at_max_connections_per_user() {
+    let env = TestEnv::start_with(|c| c.limits.max_connections_per_user = 2).await;
+    let url = env.proxy_url(roles::SCRAM, "postgres");
+    let a = pgwarden_integration::connect(&url).await;
+    let _b = pgwarden_integration::connect(&url).await;
+    let e = pgwarden_integration::connect_err(&url).await;
+    assert_eq!(e.code().map(|c| c.code()), Some("53300"), "{e:?}");
+    // Another role is not affected, and a closed session frees its slot.
+    pgwarden_integration::connect(&env.proxy_url(roles::MD5, "postgres")).await;
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match pgwarden_integration::try_connect(&url).await {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(e.code().map(|c| c.code()), Some("53300"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("slot never freed: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_wrong_passwords_lock_the_role_out_from_that_address_for_a_while() {
+    let env = TestEnv::start_with(|c| {
+        c.limits.max_failed_logins = 3;
+        c.limits.lockout = pgwarden_config::DurationValue::parse("2s");
+    })
+    .await;
+    let port = env.proxy_addr.port();
+    let url = |pw: &str| {
+        format!("postgresql://{}:{pw}@127.0.0.1:{port}/postgres?sslmode=disable", roles::SCRAM)
+    };
+    // A success in between resets the count.
+    for _ in 0..2 {
+        let e = pgwarden_integration::connect_err(&url("wrong")).await;
+        assert_eq!(e.code().map(|c| c.code()), Some("28P01"));
+    }
+    pgwarden_integration::connect(&url(PASSWORD)).await;
+    for _ in 0..3 {
+        let e = pgwarden_integration::connect_err(&url("wrong")).await;
+        assert_eq!(e.code().map(|c| c.code()), Some("28P01"));
+    }
+    // Locked: even the right password is refused, without asking Postgres.
+    let e = pgwarden_integration::connect_err(&url(PASSWORD)).await;
+    assert_eq!(e.code().map(|c| c.code()), Some("28000"), "{e:?}");
+    let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    assert!(message.contains("too many failed logins"), "{e:?}");
+    // Other roles are not locked.
+    pgwarden_integration::connect(&env.proxy_url(roles::MD5, "postgres")).await;
+    // And the lockout ends.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    pgwarden_integration::connect(&url(PASSWORD)).await;
+    let (_, metrics) = env.admin_get("/metrics").await;
+    assert!(metrics.contains("pgwarden_denied_total{reason=\"lockout\"} 1"), "{metrics}");
+}
