@@ -159,3 +159,30 @@ async fn repeated_wrong_passwords_lock_the_role_out_from_that_address_for_a_whil
     let (_, metrics) = env.admin_get("/metrics").await;
     assert!(metrics.contains("pgwarden_denied_total{reason=\"lockout\"} 1"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_rules_match_ipv6_clients() {
+    let env = TestEnv::start_with(|c| {
+        c.listen.address = "[::1]:0".into();
+        c.network.push(NetworkRule {
+            roles: vec![roles::TRUST.into()],
+            allow: vec!["::1/128".into()],
+            ..NetworkRule::default()
+        });
+        c.network.push(NetworkRule {
+            roles: vec![roles::SUPERUSER.into()],
+            deny: vec!["::1".into()],
+            ..NetworkRule::default()
+        });
+    })
+    .await;
+    assert!(env.proxy_addr.is_ipv6());
+    let (mut w, _) = Wire::startup(env.proxy_addr, roles::TRUST, "postgres").await;
+    w.send(&wire::query("SELECT 1")).await;
+    assert!(w.until_ready(1).await.iter().any(|m| m.tag == b'D'));
+
+    let mut w = Wire::connect(env.proxy_addr).await;
+    w.send(&wire::startup(&[("user", roles::SUPERUSER), ("database", "postgres")])).await;
+    let (code, _) = last_error(&w.until_eof().await);
+    assert_eq!(code, "28000");
+}
