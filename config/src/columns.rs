@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+pub use crate::logical_type::LogicalType;
 use crate::value::Secret;
 
 /// `[keys]`.
@@ -33,29 +34,6 @@ pub struct Column {
     /// Frameworks the column falls under (e.g. `PCI_DSS`, `HIPAA`, `GDPR`).
     #[serde(default)]
     pub compliance: Vec<String>,
-}
-
-/// Logical types an encrypted column can carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogicalType {
-    Text,
-    Varchar,
-    Char,
-    Int2,
-    Int4,
-    Int8,
-    Numeric,
-    Float4,
-    Float8,
-    Bool,
-    Date,
-    Timestamp,
-    Timestamptz,
-    Uuid,
-    Json,
-    Jsonb,
-    Bytea,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -15,6 +15,7 @@
 
 mod columns;
 mod load;
+mod logical_type;
 mod policy;
 pub mod value;
 
@@ -25,6 +26,7 @@ use serde::Deserialize;
 
 pub use columns::{Classification, Column, ColumnMode, Keys, LogicalType, COMPLIANCE_FRAMEWORKS};
 pub use load::{load_file, load_str, ConfigError};
+pub use logical_type::UnknownType;
 pub use policy::{parse_net, Limits, NetworkRule, TimeWindow};
 pub use value::{DurationValue, Secret, SecretString};
 

@@ -189,7 +189,7 @@ pub async fn init(config: &Config, db: &mut Client) -> Result<InitReport, KeysEr
             ColumnMode::Deterministic => "deterministic",
             ColumnMode::Randomized => "randomized",
         };
-        let logical = format!("{:?}", c.logical_type).to_lowercase();
+        let logical = c.logical_type.name();
         let classification = format!("{:?}", c.classification).to_lowercase();
         tx.execute(
             "INSERT INTO pgwarden.encrypted_columns (column_name, schema_name, table_name, \
