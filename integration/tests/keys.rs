@@ -177,3 +177,43 @@ fn a_registered_column_that_is_not_bytea_is_reported() {
     assert!(!out.status.success());
     assert!(text(&out).contains("column public.customers.name is text"), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_maps_registered_columns_to_table_oid_and_attnum_and_follows_ddl() {
+    use pgwarden::catalog::Catalog;
+    use pgwarden::sql::Registry;
+    let s = tokio::task::spawn_blocking(Setup::new).await.unwrap();
+    let config = pgwarden_config::load_file(&s.path("pgwarden.toml")).unwrap();
+    let registry = Registry::new(&config.columns);
+    let db = pgwarden_integration::connect(&pgwarden_integration::url(
+        s.pg.port(),
+        "postgres",
+        "postgres",
+    ))
+    .await;
+    let table_oid: i64 =
+        db.query_one("SELECT 'customers'::regclass::oid::int8", &[]).await.unwrap().get(0);
+    let catalog = Catalog::load(&db, &registry).await.unwrap();
+    assert_eq!(catalog.len(), 2);
+    let ssn = catalog.column(table_oid as u32, 3).expect("ssn is attribute 3");
+    assert_eq!(ssn.name, "public.customers.ssn");
+    assert_eq!(catalog.column(table_oid as u32, 4).unwrap().name, "public.customers.card");
+    assert!(catalog.column(table_oid as u32, 2).is_none(), "name is not encrypted");
+
+    // Dropped and re-created: a new OID, found again on reload.
+    db.batch_execute(
+        "DROP TABLE customers; CREATE TABLE customers (id int, ssn bytea, card bytea, name text)",
+    )
+    .await
+    .unwrap();
+    let new_oid: i64 =
+        db.query_one("SELECT 'customers'::regclass::oid::int8", &[]).await.unwrap().get(0);
+    assert_ne!(new_oid, table_oid);
+    let catalog = Catalog::load(&db, &registry).await.unwrap();
+    assert_eq!(catalog.column(new_oid as u32, 2).unwrap().name, "public.customers.ssn");
+
+    // A registered column that does not exist is an error, not a silent gap.
+    db.batch_execute("ALTER TABLE customers DROP COLUMN card").await.unwrap();
+    let err = Catalog::load(&db, &registry).await.unwrap_err().to_string();
+    assert!(err.contains("public.customers.card"), "{err}");
+}

@@ -22,11 +22,13 @@
 //! [`crypto`] (envelope, ciphers, keyring, logical-type codecs),
 //! [`metrics`] (Prometheus counters, statement timing), [`admin`] (HTTP:
 //! /metrics, /healthz, /readyz),
-//! [`keys`] (the key and column registry in the database), [`cli`] and [`demo`].
+//! [`keys`] (the key and column registry in the database), [`catalog`] (table
+//! OID and attribute number of each encrypted column), [`cli`] and [`demo`].
 
 pub mod admin;
 pub mod auth;
 pub mod cancel;
+pub mod catalog;
 pub mod cli;
 pub mod cluster;
 pub mod crypto;

@@ -89,4 +89,9 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.tables.is_empty()
     }
+
+    /// Every registered column.
+    pub fn columns(&self) -> impl Iterator<Item = &Arc<EncryptedColumn>> {
+        self.tables.values().flat_map(|t| t.values())
+    }
 }
