@@ -75,6 +75,19 @@ pub struct Listen {
     /// their sessions are closed with 57P01. Default `30s`. SIGHUP applies it to
     /// new sessions.
     pub shutdown_grace: DurationValue,
+    /// PEM certificate chain for TLS toward clients; TLS is off while empty
+    /// (the default), and SSLRequest is answered 'N'. Needs a restart.
+    pub tls_cert: String,
+    /// PEM private key for `tls_cert`. Needs a restart.
+    pub tls_key: String,
+    /// Refuse clients that do not use TLS (28000). Default false. SIGHUP
+    /// applies it to new sessions.
+    pub require_tls: bool,
+    /// Oldest TLS version accepted: "1.2" (the default) or "1.3". Needs a
+    /// restart.
+    pub min_tls_version: String,
+    /// Client certificates: not available yet, must stay empty.
+    pub client_ca: String,
     /// Threads serving connections. 0 (the default): one per CPU. 1 runs every
     /// session on one thread, which spends the least CPU per message where the
     /// proxy shares a small machine with Postgres. Needs a restart.
@@ -91,6 +104,11 @@ impl Default for Listen {
             idle_timeout: DurationValue::from_secs(0),
             shutdown_grace: DurationValue::from_secs(30),
             worker_threads: 0,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            require_tls: false,
+            min_tls_version: "1.2".into(),
+            client_ca: String::new(),
         }
     }
 }
@@ -269,8 +287,36 @@ impl Config {
                 }
             }
         }
+        let l = &self.listen;
+        if l.tls_cert.is_empty() != l.tls_key.is_empty() {
+            problems.push("listen.tls_cert: tls_cert and tls_key must be set together".into());
+        }
+        for (key, path) in [("listen.tls_cert", &l.tls_cert), ("listen.tls_key", &l.tls_key)] {
+            if !path.is_empty() && std::fs::metadata(path).is_err() {
+                problems.push(format!("{key}: cannot read {path}"));
+            }
+        }
+        if !matches!(l.min_tls_version.as_str(), "1.2" | "1.3") {
+            problems.push(format!(
+                "listen.min_tls_version: {:?} is not \"1.2\" or \"1.3\"",
+                l.min_tls_version
+            ));
+        }
+        if l.require_tls && l.tls_cert.is_empty() {
+            problems.push("listen.require_tls: needs listen.tls_cert and listen.tls_key".into());
+        }
+        if !l.client_ca.is_empty() {
+            problems.push(
+                "listen.client_ca: client certificates are not available in this version".into(),
+            );
+        }
         columns::validate(&self.keys, &self.columns, &mut problems);
-        policy::validate(&self.network, &self.limits, &mut problems);
+        policy::validate(
+            &self.network,
+            &self.limits,
+            !self.listen.tls_cert.is_empty(),
+            &mut problems,
+        );
         if !self.columns.is_empty() && self.upstream.admin_user.is_empty() {
             problems.push(
                 "upstream.admin_user: required when columns are registered (the proxy reads \

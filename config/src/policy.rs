@@ -19,7 +19,7 @@ pub struct NetworkRule {
     pub allow: Vec<String>,
     /// CIDRs a client may not connect from, even if allowed. Default empty.
     pub deny: Vec<String>,
-    /// TLS required for these roles. Not available until client TLS is built.
+    /// TLS required for these roles (needs `listen.tls_cert`). Default false.
     pub require_tls: bool,
     /// When connections are allowed, e.g. `"Mon-Fri 07:00-19:00 UTC"`;
     /// empty (the default) is always.
@@ -172,7 +172,12 @@ impl Default for Limits {
 }
 
 /// Problems with `[[network]]` and `[limits]`, each with its key path.
-pub(crate) fn validate(network: &[NetworkRule], limits: &Limits, problems: &mut Vec<String>) {
+pub(crate) fn validate(
+    network: &[NetworkRule],
+    limits: &Limits,
+    tls: bool,
+    problems: &mut Vec<String>,
+) {
     for (i, rule) in network.iter().enumerate() {
         let at = format!("network[{i}]");
         if rule.roles.is_empty() {
@@ -188,10 +193,10 @@ pub(crate) fn validate(network: &[NetworkRule], limits: &Limits, problems: &mut 
         if let Err(e) = TimeWindow::parse(&rule.hours) {
             problems.push(format!("{at}.hours: {e}"));
         }
-        if rule.require_tls {
+        if rule.require_tls && !tls {
             problems.push(format!(
-                "{at}.require_tls: TLS toward clients is not available in this version, so no \
-                 connection could satisfy it"
+                "{at}.require_tls: needs listen.tls_cert and listen.tls_key, or no connection \
+                 could satisfy it"
             ));
         }
     }

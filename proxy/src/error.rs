@@ -96,6 +96,16 @@ impl ClientError {
         )
     }
 
+    /// 28000: TLS is required and the client did not use it.
+    pub fn tls_required() -> Self {
+        Self::fatal(
+            ErrorKind::Policy,
+            "28000",
+            "pgwarden requires TLS for this connection; connect with sslmode=require \
+             (or verify-full)",
+        )
+    }
+
     /// 28000: outside the role's allowed hours.
     pub fn outside_hours(role: &str, hours: &str) -> Self {
         Self::fatal(

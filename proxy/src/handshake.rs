@@ -29,21 +29,27 @@ pub enum Opening {
 }
 
 /// Reads packets until a StartupMessage or CancelRequest, answering 'N' to
-/// SSLRequest and GSSENCRequest.
+/// SSLRequest and GSSENCRequest. `first` is a packet already read (the one
+/// that decided against TLS).
 ///
 /// Not cancel safe; runs under the handshake timeout, which ends the connection.
 pub async fn read_opening<R, W>(
     rd: &mut R,
     wr: &mut W,
     cancels: &CancelMap,
+    mut first: Option<StartupPacket>,
 ) -> Result<Opening, ClientError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     for _ in 0..=MAX_NEGOTIATIONS {
-        let Some(packet) = protocol::read_startup(rd).await? else {
-            return Ok(Opening::Closed);
+        let packet = match first.take() {
+            Some(p) => p,
+            None => match protocol::read_startup(rd).await? {
+                Some(p) => p,
+                None => return Ok(Opening::Closed),
+            },
         };
         match packet {
             StartupPacket::Ssl | StartupPacket::GssEnc => {

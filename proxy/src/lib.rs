@@ -10,6 +10,7 @@
 //! One module per stage of a connection's life:
 //! - [`listener`]: accept, the connection cap, graceful shutdown;
 //! - [`handshake`]: SSLRequest, GSSENCRequest, CancelRequest, StartupMessage;
+//!   [`tls`] builds the TLS acceptor it hands SSLRequests to;
 //! - [`policy`]: network rules, per-role caps and lockout, before Postgres;
 //! - [`auth`]: relaying authentication, swapping cancel keys;
 //! - [`session`]: the two message loops;
@@ -42,6 +43,7 @@ pub mod policy;
 pub mod protocol;
 pub mod session;
 pub mod sql;
+pub mod tls;
 pub mod upstream;
 
 pub use listener::{Proxy, ProxyHandle};

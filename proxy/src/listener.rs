@@ -38,6 +38,8 @@ pub struct Shared {
     pub user_slots: UserSlots,
     /// Failed logins per (role, address), for the lockout.
     pub lockouts: Lockouts,
+    /// TLS toward clients; `None` when `listen.tls_cert` is not set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A bound, not yet running proxy.
@@ -134,6 +136,7 @@ impl Proxy {
         let listener = TcpListener::bind(addr).await?;
         let admin = bind_admin(&config).await?;
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
+        let tls = crate::tls::acceptor(&config.listen).map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
             upstream: UpstreamTarget::from_config(&config.upstream),
             config: ArcSwap::new(config),
@@ -141,6 +144,7 @@ impl Proxy {
             metrics,
             user_slots: UserSlots::default(),
             lockouts: Lockouts::default(),
+            tls,
         });
         Ok(Self { listener, shared, tracker: TaskTracker::new(), admin })
     }
@@ -252,9 +256,11 @@ async fn bind_admin(config: &Config) -> std::io::Result<Option<AdminServer>> {
 /// a full proxy must still be able to cancel the statements filling it.
 async fn refuse(mut socket: TcpStream, cancels: &CancelMap) -> ConnectionOutcome {
     let (mut rd, mut wr) = socket.split();
-    let opening =
-        tokio::time::timeout(REFUSAL_TIMEOUT, handshake::read_opening(&mut rd, &mut wr, cancels))
-            .await;
+    let opening = tokio::time::timeout(
+        REFUSAL_TIMEOUT,
+        handshake::read_opening(&mut rd, &mut wr, cancels, None),
+    )
+    .await;
     let outcome = match opening {
         Ok(Ok(Opening::Cancel)) => ConnectionOutcome::CancelRequest,
         Ok(Ok(Opening::Startup(_))) => {

@@ -113,6 +113,8 @@ label_enum! {
         Lockout = "lockout",
         /// `limits.max_connections_per_user` reached.
         RoleCapacity = "role_capacity",
+        /// TLS required and not used.
+        Tls = "tls",
     }
 }
 

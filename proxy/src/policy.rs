@@ -23,7 +23,11 @@ pub fn check_network(
     role: &str,
     ip: IpAddr,
     now: SystemTime,
+    tls: bool,
 ) -> Result<(), (ClientError, Denial)> {
+    if !tls && config.listen.require_tls {
+        return Err((ClientError::tls_required(), Denial::Tls));
+    }
     let ip = canonical(ip);
     let unix = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     for (i, rule) in config.network.iter().enumerate().filter(|(_, r)| r.applies_to(role)) {
@@ -33,6 +37,9 @@ pub fn check_network(
         let allow = rule.allow_nets();
         if !allow.is_empty() && !allow.iter().any(|n| n.contains(&ip)) {
             return Err((ClientError::address_refused(role, i), Denial::Network));
+        }
+        if rule.require_tls && !tls {
+            return Err((ClientError::tls_required(), Denial::Tls));
         }
         if let Some(window) = rule.window() {
             if !window.contains(unix) {
@@ -185,13 +192,13 @@ deny = ["127.0.0.2"]
 "#,
         );
         let now = SystemTime::now();
-        assert!(check_network(&c, "app", ip("127.0.0.1"), now).is_ok());
-        assert!(check_network(&c, "app", ip("::1"), now).is_ok());
-        assert!(check_network(&c, "app", ip("::ffff:127.0.0.1"), now).is_ok());
-        assert!(check_network(&c, "other", ip("127.0.0.2"), now).is_ok());
-        let (e, why) = check_network(&c, "app", ip("127.0.0.2"), now).unwrap_err();
+        assert!(check_network(&c, "app", ip("127.0.0.1"), now, false).is_ok());
+        assert!(check_network(&c, "app", ip("::1"), now, false).is_ok());
+        assert!(check_network(&c, "app", ip("::ffff:127.0.0.1"), now, false).is_ok());
+        assert!(check_network(&c, "other", ip("127.0.0.2"), now, false).is_ok());
+        let (e, why) = check_network(&c, "app", ip("127.0.0.2"), now, false).unwrap_err();
         assert_eq!((e.sqlstate, why), ("28000", Denial::Network));
-        assert!(check_network(&c, "app", ip("10.0.0.1"), now).is_err());
+        assert!(check_network(&c, "app", ip("10.0.0.1"), now, false).is_err());
     }
 
     #[test]
@@ -199,10 +206,25 @@ deny = ["127.0.0.2"]
         let c = config("[[network]]\nhours = \"Mon-Fri 07:00-19:00 UTC\"\n");
         let thursday_noon = UNIX_EPOCH + Duration::from_secs(1_796_256_000 + 12 * 3600);
         let saturday = thursday_noon + Duration::from_secs(2 * 86_400);
-        assert!(check_network(&c, "app", ip("127.0.0.1"), thursday_noon).is_ok());
-        let (e, why) = check_network(&c, "app", ip("127.0.0.1"), saturday).unwrap_err();
+        assert!(check_network(&c, "app", ip("127.0.0.1"), thursday_noon, false).is_ok());
+        let (e, why) = check_network(&c, "app", ip("127.0.0.1"), saturday, false).unwrap_err();
         assert_eq!((e.sqlstate, why), ("28000", Denial::Hours));
         assert!(e.message.contains("Mon-Fri 07:00-19:00 UTC"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_rule_requiring_tls_refuses_plaintext_for_its_roles_only() {
+        let mut c = Config::default();
+        c.network.push(pgwarden_config::NetworkRule {
+            roles: vec!["app".into()],
+            require_tls: true,
+            ..Default::default()
+        });
+        let now = SystemTime::now();
+        let (e, why) = check_network(&c, "app", ip("127.0.0.1"), now, false).unwrap_err();
+        assert_eq!((e.sqlstate, why), ("28000", Denial::Tls));
+        assert!(check_network(&c, "app", ip("127.0.0.1"), now, true).is_ok());
+        assert!(check_network(&c, "other", ip("127.0.0.1"), now, false).is_ok());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::metrics::{
     ConnectionOutcome, Denial, Direction, InFlight, Metrics, RoundTrip, StatementKind,
 };
 use crate::policy;
-use crate::protocol::{Fill, FrameError, Framer};
+use crate::protocol::{self, Fill, FrameError, Framer, StartupPacket};
 
 /// Time allowed for cancelling a statement a session leaves behind.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,14 +96,66 @@ pub async fn serve(
 }
 
 async fn serve_in_span(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let _ = client.set_nodelay(true);
+    let mut first = None;
+    if let Some(acceptor) = &shared.tls {
+        // The first packet decides: SSLRequest starts TLS on the whole socket.
+        // read_startup reads exactly one packet, so no plaintext sent behind
+        // the SSLRequest is buffered and later taken as encrypted input.
+        let limit = shared.config.load().listen.handshake_timeout.get();
+        match tokio::time::timeout(limit, protocol::read_startup(&mut client)).await {
+            Ok(Ok(Some(StartupPacket::Ssl))) => {
+                if client.write_all(b"S").await.is_err() {
+                    return shared.metrics.connection_ended(ConnectionOutcome::Abandoned);
+                }
+                match tokio::time::timeout(limit, acceptor.accept(client)).await {
+                    Ok(Ok(stream)) => {
+                        let (mut rd, mut wr) = tokio::io::split(stream);
+                        finish(&mut rd, &mut wr, peer, &shared, &shutdown, None, true).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(error = %e, "TLS handshake failed");
+                        shared.metrics.connection_ended(ConnectionOutcome::ProtocolError);
+                    }
+                    Err(_) => shared.metrics.connection_ended(ConnectionOutcome::HandshakeTimeout),
+                }
+                return;
+            }
+            Ok(Ok(Some(packet))) => first = Some(packet),
+            Ok(Ok(None)) => return shared.metrics.connection_ended(ConnectionOutcome::Abandoned),
+            Ok(Err(e)) => {
+                let _ = client.write_all(&e.to_message()).await;
+                return shared.metrics.connection_ended(ConnectionOutcome::ProtocolError);
+            }
+            Err(_) => {
+                let _ = client.write_all(&ClientError::handshake_timeout().to_message()).await;
+                return shared.metrics.connection_ended(ConnectionOutcome::HandshakeTimeout);
+            }
+        }
+    }
     let (mut crd, mut cwr) = client.into_split();
-    let (end, outcome) = run(&mut crd, &mut cwr, peer, &shared, &shutdown).await;
+    finish(&mut crd, &mut cwr, peer, &shared, &shutdown, first, false).await;
+}
+
+/// Runs the session on its (plain or TLS) halves and closes it.
+async fn finish<CR, CW>(
+    crd: &mut CR,
+    cwr: &mut CW,
+    peer: SocketAddr,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    first: Option<StartupPacket>,
+    tls: bool,
+) where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+{
+    let (end, outcome) = run(crd, cwr, peer, shared, shutdown, first, tls).await;
     shared.metrics.connection_ended(outcome);
     match &end {
         End::Client(e) | End::Upstream(e) | End::Refused(e) => {
@@ -143,6 +195,8 @@ async fn run<CR, CW>(
     peer: SocketAddr,
     shared: &Shared,
     shutdown: &CancellationToken,
+    first: Option<StartupPacket>,
+    tls: bool,
 ) -> (End, ConnectionOutcome)
 where
     CR: AsyncRead + Unpin,
@@ -156,7 +210,7 @@ where
     let mut unreachable = false;
 
     let handshake = async {
-        let startup = match handshake::read_opening(crd, cwr, &shared.cancels).await {
+        let startup = match handshake::read_opening(crd, cwr, &shared.cancels, first).await {
             Ok(Opening::Startup(s)) => s,
             Ok(Opening::Cancel) => return Err(End::Cancel),
             Ok(Opening::Closed) => return Err(End::ClientGone),
@@ -168,7 +222,7 @@ where
             tracing::info!(role, reason = why.as_str(), "connection refused by policy");
             End::Refused(e)
         };
-        policy::check_network(&config, role, peer.ip(), SystemTime::now())
+        policy::check_network(&config, role, peer.ip(), SystemTime::now(), tls)
             .map_err(|(e, why)| refuse(e, why))?;
         if let Some(left) = shared.lockouts.locked(role, peer.ip()) {
             return Err(refuse(ClientError::locked_out(left), Denial::Lockout));
