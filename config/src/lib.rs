@@ -76,15 +76,16 @@ pub struct Listen {
     /// new sessions.
     pub shutdown_grace: DurationValue,
     /// PEM certificate chain for TLS toward clients; TLS is off while empty
-    /// (the default), and SSLRequest is answered 'N'. Needs a restart.
+    /// (the default), and SSLRequest is answered 'N'. SIGHUP reads the files
+    /// again (rotated certificates apply to new connections).
     pub tls_cert: String,
-    /// PEM private key for `tls_cert`. Needs a restart.
+    /// PEM private key for `tls_cert`. Reread on SIGHUP.
     pub tls_key: String,
     /// Refuse clients that do not use TLS (28000). Default false. SIGHUP
     /// applies it to new sessions.
     pub require_tls: bool,
-    /// Oldest TLS version accepted: "1.2" (the default) or "1.3". Needs a
-    /// restart.
+    /// Oldest TLS version accepted: "1.2" (the default) or "1.3". SIGHUP
+    /// applies it to new connections.
     pub min_tls_version: String,
     /// Client certificates: not available yet, must stay empty.
     pub client_ca: String,

@@ -135,3 +135,31 @@ async fn plaintext_sent_behind_an_ssl_request_is_never_taken_as_a_startup() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_picks_up_rotated_certificates_without_dropping_connections() {
+    let first = tempfile::tempdir().unwrap();
+    let env = env_with_tls(first.path(), |_| {}).await;
+    let port = env.proxy_addr.port();
+    let old_ca = first.path().join("ca.pem");
+    let (mut open, _) = Wire::startup(env.proxy_addr, roles::TRUST, "postgres").await;
+
+    // A new CA and certificate, written over the configured files.
+    let second = tempfile::tempdir().unwrap();
+    let (new_ca, cert, key) = certificates(second.path());
+    let config = env.handle.config();
+    std::fs::copy(&cert, &config.listen.tls_cert).unwrap();
+    std::fs::copy(&key, &config.listen.tls_key).unwrap();
+    let restart = env.handle.reload((*config).clone()).unwrap();
+    assert!(restart.is_empty(), "{restart:?}");
+
+    let verify = |ca: &Path| format!("sslmode=verify-full sslrootcert={}", ca.display());
+    let (ok, out) = psql(port, &verify(&new_ca), "SELECT 1").await;
+    assert!(ok, "new certificate not in use: {out}");
+    let (ok, _) = psql(port, &verify(&old_ca), "SELECT 1").await;
+    assert!(!ok, "old certificate still served");
+    // The connection opened before the reload still works.
+    open.send(&wire::query("SELECT 'still here'")).await;
+    let msgs = open.until_ready(1).await;
+    assert!(msgs.iter().any(|m| m.tag == b'D'));
+}

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use pgwarden_config::{AdminListen, Config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -38,8 +38,10 @@ pub struct Shared {
     pub user_slots: UserSlots,
     /// Failed logins per (role, address), for the lockout.
     pub lockouts: Lockouts,
-    /// TLS toward clients; `None` when `listen.tls_cert` is not set.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS toward clients; empty when `listen.tls_cert` is not set. Rebuilt
+    /// from the files on every reload, so rotated certificates take effect
+    /// for new connections without dropping any.
+    pub tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
 }
 
 /// A bound, not yet running proxy.
@@ -112,6 +114,8 @@ impl ProxyHandle {
         keep!(upstream.tls, "upstream.tls");
         keep!(upstream.connect_timeout, "upstream.connect_timeout");
         keep!(metrics.address, "metrics.address");
+        let tls = crate::tls::acceptor(&new.listen).map_err(|e| vec![e])?;
+        self.shared.tls.store(tls.map(Arc::new));
         self.shared.config.store(Arc::new(new));
         Ok(restart)
     }
@@ -144,7 +148,7 @@ impl Proxy {
             metrics,
             user_slots: UserSlots::default(),
             lockouts: Lockouts::default(),
-            tls,
+            tls: ArcSwapOption::new(tls.map(Arc::new)),
         });
         Ok(Self { listener, shared, tracker: TaskTracker::new(), admin })
     }

@@ -103,7 +103,7 @@ async fn serve_in_span(
 ) {
     let _ = client.set_nodelay(true);
     let mut first = None;
-    if let Some(acceptor) = &shared.tls {
+    if let Some(acceptor) = shared.tls.load_full() {
         // The first packet decides: SSLRequest starts TLS on the whole socket.
         // read_startup reads exactly one packet, so no plaintext sent behind
         // the SSLRequest is buffered and later taken as encrypted input.
