@@ -7,7 +7,7 @@ pub use crate::logical_type::LogicalType;
 use crate::value::Secret;
 
 /// `[keys]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Keys {
     /// The key-encryption key, 256 bits written as base64 (`openssl rand -base64
@@ -17,7 +17,7 @@ pub struct Keys {
 }
 
 /// One `[[columns]]` entry: a column stored encrypted.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Column {
     /// `schema.table.column`, as Postgres names it (unquoted, lower case).
     pub name: String,

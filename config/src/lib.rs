@@ -44,8 +44,9 @@ pub struct Config {
     pub network: Vec<NetworkRule>,
     /// Per-role connection caps and failed-login lockout.
     pub limits: Limits,
-    /// Encrypted columns. Read by `pgwarden keys`; the proxy itself refuses to
-    /// start with any until it encrypts on the wire.
+    /// Encrypted columns, in `upstream.admin_database`. The proxy encrypts
+    /// and decrypts them for sessions on that database, and does not start if
+    /// it cannot load their keys or find them. Needs a restart.
     pub columns: Vec<Column>,
     /// The admin HTTP endpoints: Prometheus metrics, liveness, readiness.
     pub metrics: Metrics,

@@ -78,6 +78,12 @@ impl TestEnv {
         let mut config = pgwarden_config::load_str(&base_config_toml(&pg), std::iter::empty())
             .expect("base test config is valid");
         tweak(&mut config);
+        Self::start_on(pg, config).await
+    }
+
+    /// A proxy with `config` in front of `pg`, which the caller prepared
+    /// (tables, keys).
+    pub async fn start_on(pg: Cluster, config: Config) -> Self {
         let problems = config.validate();
         assert!(problems.is_empty(), "test config invalid: {problems:?}");
         let proxy = Proxy::bind(Arc::new(config)).await.unwrap();

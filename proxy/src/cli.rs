@@ -192,6 +192,9 @@ async fn reload_on_sighup(path: PathBuf, proxy: crate::listener::ProxyHandle) {
                 "configuration reload refused; the running configuration stays in force"
             ),
         }
+        if let Err(e) = proxy.reload_keys().await {
+            tracing::error!(error = %e, "key reload failed; the loaded keys stay in force");
+        }
     }
 }
 

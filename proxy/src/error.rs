@@ -56,6 +56,19 @@ impl ClientError {
     }
 
     /// 08006: Postgres could not be reached. The address is deliberately absent.
+    /// A client that pipelines more messages than it reads answers for.
+    pub fn too_many_pending() -> Self {
+        Self::fatal(
+            ErrorKind::Client,
+            "08P01",
+            format!(
+                "more than {} messages sent without reading their answers; read results \
+                 before sending more",
+                crate::pipeline::MAX_PENDING
+            ),
+        )
+    }
+
     pub fn upstream_unreachable() -> Self {
         Self::fatal(
             ErrorKind::Upstream,

@@ -39,6 +39,7 @@ pub mod handshake;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+pub mod pipeline;
 pub mod policy;
 pub mod protocol;
 pub mod session;

@@ -42,6 +42,9 @@ pub struct Shared {
     /// from the files on every reload, so rotated certificates take effect
     /// for new connections without dropping any.
     pub tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    /// Keys, registered columns and their catalog; `None` without
+    /// `[[columns]]`.
+    pub encryption: Option<Arc<crate::pipeline::Encryption>>,
 }
 
 /// A bound, not yet running proxy.
@@ -91,11 +94,6 @@ impl ProxyHandle {
         if !problems.is_empty() {
             return Err(problems);
         }
-        if !new.columns.is_empty() {
-            return Err(vec![
-                "columns: this version cannot encrypt; [[columns]] are refused".into()
-            ]);
-        }
         let old = self.shared.config.load_full();
         let mut restart = Vec::new();
         macro_rules! keep {
@@ -114,6 +112,11 @@ impl ProxyHandle {
         keep!(upstream.tls, "upstream.tls");
         keep!(upstream.connect_timeout, "upstream.connect_timeout");
         keep!(metrics.address, "metrics.address");
+        keep!(columns, "columns");
+        keep!(keys, "keys");
+        keep!(upstream.admin_user, "upstream.admin_user");
+        keep!(upstream.admin_password, "upstream.admin_password");
+        keep!(upstream.admin_database, "upstream.admin_database");
         let tls = crate::tls::acceptor(&new.listen).map_err(|e| vec![e])?;
         self.shared.tls.store(tls.map(Arc::new));
         self.shared.config.store(Arc::new(new));
@@ -121,19 +124,29 @@ impl ProxyHandle {
     }
 }
 
+impl ProxyHandle {
+    /// Reads the data keys again from the database (new versions, status
+    /// changes), for sessions and statements from now on. Nothing to do
+    /// without registered columns.
+    pub async fn reload_keys(&self) -> Result<(), String> {
+        match &self.shared.encryption {
+            Some(enc) => {
+                enc.reload_keys(&self.shared.config.load()).await.map_err(|e| e.to_string())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl Proxy {
     /// Binds `listen.address` and `metrics.address`. The config must have
     /// passed validation.
     pub async fn bind(config: Arc<Config>) -> std::io::Result<Self> {
-        if !config.columns.is_empty() {
-            // Fail closed: relaying plaintext for columns the operator registered
-            // as encrypted would be worse than not starting.
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "[[columns]] are registered, but this version of pgwarden cannot encrypt \
-                 yet; refusing to start rather than pass their values through in plaintext",
-            ));
-        }
+        // Fail closed: without its keys and columns the proxy does not start.
+        let encryption = crate::pipeline::Encryption::load(&config)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map(Arc::new);
         let addr = config.listen_addr().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "listen.address is invalid")
         })?;
@@ -149,6 +162,7 @@ impl Proxy {
             user_slots: UserSlots::default(),
             lockouts: Lockouts::default(),
             tls: ArcSwapOption::new(tls.map(Arc::new)),
+            encryption,
         });
         Ok(Self { listener, shared, tracker: TaskTracker::new(), admin })
     }

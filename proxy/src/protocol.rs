@@ -10,6 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::ClientError;
 
+pub mod messages;
+
 /// Protocol 3.0 as a startup-packet version code.
 pub const PROTOCOL_3: u32 = 196_608;
 /// SSLRequest (F): the version code that asks for TLS.

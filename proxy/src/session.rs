@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -30,8 +31,12 @@ use crate::listener::Shared;
 use crate::metrics::{
     ConnectionOutcome, Denial, Direction, InFlight, Metrics, RoundTrip, StatementKind,
 };
+use crate::pipeline::{Backend, Frontend, Queue};
 use crate::policy;
 use crate::protocol::{self, Fill, FrameError, Framer, StartupPacket};
+
+/// Bytes the encryption pipeline gathers for the client before writing them.
+const FLUSH_AT: usize = 64 * 1024;
 
 /// Time allowed for cancelling a statement a session leaves behind.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -262,9 +267,12 @@ where
             Err(e) => return Err(e),
         };
         tracing::debug!(user = startup.user(), database = startup.database(), "authenticated");
-        Ok((urd, uwr, registration, slot))
+        // Columns are registered in one database; sessions on others pass through.
+        let encryption =
+            shared.encryption.as_ref().filter(|e| e.database == startup.database()).cloned();
+        Ok((urd, uwr, registration, slot, encryption))
     };
-    let (mut urd, mut uwr, registration, _slot) = tokio::select! {
+    let (mut urd, mut uwr, registration, _slot, encryption) = tokio::select! {
         r = tokio::time::timeout(listen.handshake_timeout.get(), handshake) => match r {
             Ok(Ok(established)) => established,
             Ok(Err(end)) if unreachable => return (end, ConnectionOutcome::UpstreamUnreachable),
@@ -286,14 +294,18 @@ where
         closing: shutdown.child_token(),
         client_error: Mutex::new(None),
         in_flight: InFlight::default(),
+        queue: Queue::default(),
     };
+    let mut frontend = encryption.clone().map(Frontend::new);
+    let mut backend = encryption.map(Backend::new);
     let end = tokio::select! {
         biased;
         end = client_to_upstream(
-            &mut client, crd, &mut uwr, &state, metrics, listen.idle_timeout(),
+            &mut client, crd, &mut uwr, &state, metrics, listen.idle_timeout(), frontend.as_mut(),
         ) => end,
         end = upstream_to_client(
             &mut upstream, &mut urd, cwr, &state, metrics, listen.shutdown_grace.get(),
+            backend.as_mut(),
         ) => end,
     };
     let end = match (end, state.take_client_error()) {
@@ -333,6 +345,9 @@ struct SessionState {
     /// Round trips sent and not yet answered, with their kind and send time:
     /// how statements are timed and labelled.
     in_flight: InFlight,
+    /// What Postgres still owes, for the encryption pipeline (unused on the
+    /// pass-through path).
+    queue: Queue,
 }
 
 impl SessionState {
@@ -362,11 +377,15 @@ async fn client_to_upstream<R, W>(
     state: &SessionState,
     metrics: &Metrics,
     idle_timeout: Option<Duration>,
+    mut frontend: Option<&mut Frontend>,
 ) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // The encryption pipeline's output; the pass-through path forwards the
+    // framer's own bytes.
+    let mut out = BytesMut::new();
     loop {
         let filled = match idle_timeout.filter(|_| state.idle()) {
             Some(limit) => match tokio::time::timeout(limit, framer.fill(rd)).await {
@@ -383,34 +402,42 @@ where
         let mut terminated = false;
         // Read at the first round trip of the batch, shared by the others.
         let mut now = None;
+        if let Some(front) = frontend.as_deref_mut() {
+            let mut error = None;
+            while !terminated {
+                let msg = match framer.next_message() {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                };
+                terminated = track(state, msg.tag, &mut now);
+                if !front.handle(msg, &state.queue, &mut out) {
+                    return state.fail_client(ClientError::too_many_pending()).await;
+                }
+            }
+            if !out.is_empty() {
+                if wr.write_all(&out).await.is_err() {
+                    return End::UpstreamGone;
+                }
+                metrics.bytes(Direction::ClientToUpstream, out.len());
+                out.clear();
+            }
+            if terminated {
+                return End::ClientTerminated;
+            }
+            if let Some(e) = error {
+                return state.fail_client(client_framing_error(e)).await;
+            }
+            continue;
+        }
         let (batch, error) = framer.split_batch(|tag, _| {
             if terminated {
                 return false;
             }
-            let mut sent = |kind| {
-                let at = *now.get_or_insert_with(|| state.in_flight.now_us());
-                state.in_flight.sent(kind, at);
-            };
-            match tag {
-                b'Q' => {
-                    state.pending.fetch_add(1, Ordering::AcqRel);
-                    sent(StatementKind::Simple);
-                }
-                b'F' => {
-                    state.pending.fetch_add(1, Ordering::AcqRel);
-                    sent(StatementKind::Function);
-                }
-                b'S' => {
-                    state.pending.fetch_add(1, Ordering::AcqRel);
-                    state.unsynced.store(false, Ordering::Release);
-                    sent(StatementKind::Extended);
-                }
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
-                    state.unsynced.store(true, Ordering::Release);
-                }
-                b'X' => terminated = true,
-                _ => {}
-            }
+            terminated = track(state, tag, &mut now);
             true
         });
         if !batch.is_empty() {
@@ -428,6 +455,36 @@ where
     }
 }
 
+/// Accounts for a message the client sent: ReadyForQuery owed, statements in
+/// flight. True for Terminate.
+fn track(state: &SessionState, tag: u8, now: &mut Option<u64>) -> bool {
+    let mut sent = |kind| {
+        let at = *now.get_or_insert_with(|| state.in_flight.now_us());
+        state.in_flight.sent(kind, at);
+    };
+    match tag {
+        b'Q' => {
+            state.pending.fetch_add(1, Ordering::AcqRel);
+            sent(StatementKind::Simple);
+        }
+        b'F' => {
+            state.pending.fetch_add(1, Ordering::AcqRel);
+            sent(StatementKind::Function);
+        }
+        b'S' => {
+            state.pending.fetch_add(1, Ordering::AcqRel);
+            state.unsynced.store(false, Ordering::Release);
+            sent(StatementKind::Extended);
+        }
+        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+            state.unsynced.store(true, Ordering::Release);
+        }
+        b'X' => return true,
+        _ => {}
+    }
+    false
+}
+
 /// Postgres → client. Also watches `state.closing`: once it is cancelled, the
 /// session ends at the next moment no statement runs, or when `grace` is over.
 async fn upstream_to_client<R, W>(
@@ -437,11 +494,13 @@ async fn upstream_to_client<R, W>(
     state: &SessionState,
     metrics: &Metrics,
     grace: Duration,
+    mut backend: Option<&mut Backend>,
 ) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut out = BytesMut::new();
     // Made once, not per read: the hot loop registers no waiter and no timer.
     let closing = state.closing.cancelled();
     tokio::pin!(closing);
@@ -468,7 +527,7 @@ where
             _ = &mut deadline, if draining => return End::Drained,
         }
         let mut now = None;
-        let (batch, error) = framer.split_batch(|tag, _| {
+        let mut answered = |tag: u8| {
             round_trip.saw(tag);
             if tag == b'Z' {
                 // Saturating: a ReadyForQuery we did not count never underflows.
@@ -478,6 +537,39 @@ where
                 let at = *now.get_or_insert_with(|| state.in_flight.now_us());
                 round_trip.ready(&state.in_flight, at, metrics);
             }
+        };
+        if let Some(back) = backend.as_deref_mut() {
+            loop {
+                let msg = match framer.next_message() {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(_) => return End::Upstream(ClientError::upstream_protocol_violation()),
+                };
+                answered(msg.tag);
+                match back.handle(&msg, &state.queue, &mut out) {
+                    Ok(false) => {}
+                    // DDL committed: the next statement must see the new catalog.
+                    Ok(true) => back.refresh_catalog().await,
+                    Err(_) => return End::Upstream(ClientError::upstream_protocol_violation()),
+                }
+                if out.len() >= FLUSH_AT {
+                    break;
+                }
+            }
+            if !out.is_empty() {
+                if wr.write_all(&out).await.is_err() {
+                    return End::ClientGone;
+                }
+                metrics.bytes(Direction::UpstreamToClient, out.len());
+                out.clear();
+            }
+            if draining && state.idle() {
+                return End::Drained;
+            }
+            continue;
+        }
+        let (batch, error) = framer.split_batch(|tag, _| {
+            answered(tag);
             true
         });
         if !batch.is_empty() {

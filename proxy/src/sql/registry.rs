@@ -18,6 +18,8 @@ pub struct EncryptedColumn {
     pub mode: ColumnMode,
     pub key: String,
     pub logical_type: LogicalType,
+    /// The AAD its envelopes are bound to ([`crate::crypto::envelope::column_aad`]).
+    pub aad: Vec<u8>,
 }
 
 impl EncryptedColumn {
@@ -58,6 +60,7 @@ impl Registry {
                 mode: c.mode,
                 key: c.key.clone(),
                 logical_type: c.logical_type,
+                aad: crate::crypto::envelope::column_aad(schema, table, column),
             });
             tables.entry((schema.into(), table.into())).or_default().insert(column.into(), col);
         }

@@ -1,0 +1,395 @@
+//! Postgres → client: RowDescription and ParameterDescription report the
+//! logical types of encrypted columns, and the values of encrypted columns in
+//! DataRows are decrypted into the format the client asked for. Rows of
+//! results without an encrypted column are forwarded as they came.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use zeroize::Zeroize;
+
+use super::{Encryption, Pending, Queue};
+use crate::crypto::{codec, Format};
+use crate::protocol::messages::{self, ResultFormats};
+use crate::protocol::{self, Message};
+use crate::sql::EncryptedColumn;
+
+/// SQLSTATE of a stored value that does not decrypt.
+const DATA_CORRUPTED: &str = "XX001";
+
+/// Postgres sent a message that does not decode.
+#[derive(Debug, Clone, Copy)]
+pub struct Malformed;
+
+/// An encrypted column in a result: its position and format.
+#[derive(Debug, Clone)]
+struct PlanField {
+    index: usize,
+    column: Arc<EncryptedColumn>,
+    format: Format,
+}
+
+/// The encrypted columns of a result, by position; empty for most results.
+type Plan = Arc<[PlanField]>;
+
+/// The encrypted columns among a statement's result columns.
+type Sources = Arc<[(usize, Arc<EncryptedColumn>)]>;
+
+/// One session's backend side.
+pub struct Backend {
+    enc: Arc<Encryption>,
+    /// Result columns of prepared statements, learned from their Describe.
+    statements: HashMap<Bytes, Sources>,
+    /// The plan of each bound portal.
+    portals: HashMap<Bytes, Plan>,
+    /// The plan of the simple-query result being read.
+    current: Plan,
+    /// A value failed to decrypt and the client got an error: drop the rest
+    /// of the answer up to ReadyForQuery.
+    poisoned: bool,
+    /// DDL completed: find the registered columns again at the next
+    /// ReadyForQuery outside a transaction (before, it is not visible to the
+    /// proxy's own connection).
+    ddl: bool,
+    empty: Plan,
+    envelope: Vec<u8>,
+    plain: Vec<u8>,
+    encoded: Vec<u8>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.plain.zeroize();
+        self.encoded.zeroize();
+    }
+}
+
+impl Backend {
+    pub fn new(enc: Arc<Encryption>) -> Self {
+        let empty: Plan = Arc::new([]);
+        Self {
+            enc,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            current: empty.clone(),
+            poisoned: false,
+            ddl: false,
+            empty,
+            envelope: Vec::new(),
+            plain: Vec::new(),
+            encoded: Vec::new(),
+        }
+    }
+
+    pub async fn refresh_catalog(&self) {
+        self.enc.refresh_catalog().await;
+    }
+
+    /// Appends what the client gets for `msg` to `out`. Returns true when the
+    /// catalog must be refreshed before `out` is sent (DDL was committed).
+    /// `Err` when Postgres sent a malformed message.
+    pub fn handle(
+        &mut self,
+        msg: &Message,
+        queue: &Queue,
+        out: &mut BytesMut,
+    ) -> Result<bool, Malformed> {
+        let mut q = queue.lock();
+        let body = msg.body();
+        let mut forward = !self.poisoned;
+        match msg.tag {
+            b'1' => {
+                if let Some(Pending::Parse { injected: true }) = q.pop_front() {
+                    forward = false;
+                }
+            }
+            b'2' => {
+                if let Some(Pending::Bind { portal, statement, formats, injected }) = q.pop_front()
+                {
+                    if injected {
+                        forward = false;
+                    } else {
+                        let plan = self.plan(&statement, &formats);
+                        self.portals.insert(portal, plan);
+                    }
+                }
+            }
+            b'3' => {
+                if let Some(Pending::Close { statement: Some(name) }) = q.pop_front() {
+                    self.statements.remove(&name);
+                }
+            }
+            b't' => {
+                if let Some(Pending::DescribeStatement { params, injected, .. }) = q.front() {
+                    if *injected {
+                        forward = false;
+                    } else if !params.is_empty() && forward {
+                        let mut oids = messages::parameter_description(body).ok_or(Malformed)?;
+                        for p in params.iter() {
+                            if let Some(oid) = oids.get_mut(p.index) {
+                                *oid = p.column.logical_type.oid();
+                            }
+                        }
+                        messages::encode_parameter_description(&oids, out);
+                        return Ok(false);
+                    }
+                }
+            }
+            b'T' => {
+                let mut fields = messages::row_description(body).ok_or(Malformed)?;
+                let catalog = self.enc.catalog.load();
+                let mut sources = Vec::new();
+                for (i, f) in fields.iter_mut().enumerate() {
+                    if let Some(c) = catalog.column(f.table_oid, f.attnum) {
+                        f.type_oid = c.logical_type.oid();
+                        f.type_len = c.logical_type.type_size();
+                        f.type_mod = -1;
+                        sources.push((i, c.clone()));
+                    }
+                }
+                match q.front() {
+                    Some(Pending::DescribeStatement { name, injected, .. }) => {
+                        forward &= !*injected;
+                        self.statements.insert(name.clone(), sources.into());
+                        q.pop_front();
+                    }
+                    Some(Pending::DescribePortal) => {
+                        q.pop_front();
+                    }
+                    Some(Pending::Simple) => {
+                        self.current = sources
+                            .into_iter()
+                            .map(|(index, column)| PlanField {
+                                format: format(fields[index].format),
+                                index,
+                                column,
+                            })
+                            .collect();
+                    }
+                    _ => {}
+                }
+                if forward {
+                    messages::encode_row_description(&fields, out);
+                }
+                return Ok(false);
+            }
+            b'n' => match q.front() {
+                Some(Pending::DescribeStatement { name, injected, .. }) => {
+                    forward &= !*injected;
+                    self.statements.insert(name.clone(), Arc::new([]));
+                    q.pop_front();
+                }
+                Some(Pending::DescribePortal) => {
+                    q.pop_front();
+                }
+                _ => {}
+            },
+            b'D' => {
+                let plan = match q.front() {
+                    Some(Pending::Simple) => self.current.clone(),
+                    Some(Pending::Execute { portal }) => {
+                        self.portals.get(portal).cloned().unwrap_or_else(|| self.empty.clone())
+                    }
+                    _ => self.empty.clone(),
+                };
+                if forward && !plan.is_empty() {
+                    drop(q);
+                    self.row(body, &plan, out)?;
+                    return Ok(false);
+                }
+            }
+            b'C' => {
+                let tag = messages::Reader::new(body).cstr().unwrap_or_default();
+                self.ddl |= [&b"CREATE TABLE"[..], b"DROP TABLE", b"ALTER TABLE", b"CREATE VIEW"]
+                    .iter()
+                    .any(|t| tag.starts_with(t));
+                self.end_of_result(&mut q);
+            }
+            b's' | b'I' => self.end_of_result(&mut q),
+            b'E' => {
+                if matches!(q.front(), Some(Pending::Simple)) {
+                    self.current = self.empty.clone();
+                } else {
+                    // Postgres skips everything up to Sync after an error.
+                    while q.front().is_some_and(|p| !matches!(p, Pending::Sync | Pending::Simple)) {
+                        q.pop_front();
+                    }
+                }
+            }
+            b'Z' => {
+                while let Some(p) = q.pop_front() {
+                    if matches!(p, Pending::Sync | Pending::Simple) {
+                        break;
+                    }
+                }
+                forward = true;
+                self.poisoned = false;
+                self.current = self.empty.clone();
+                if body == b"I" {
+                    // Outside a transaction no portal survives.
+                    self.portals.clear();
+                    if std::mem::take(&mut self.ddl) {
+                        out.put_slice(&msg.frame);
+                        return Ok(true);
+                    }
+                }
+            }
+            // Notices, notifications and parameter changes come at any time.
+            b'N' | b'A' | b'S' => forward = true,
+            _ => {}
+        }
+        if forward {
+            out.put_slice(&msg.frame);
+        }
+        Ok(false)
+    }
+
+    fn end_of_result(&mut self, q: &mut std::collections::VecDeque<Pending>) {
+        match q.front() {
+            Some(Pending::Execute { .. }) => {
+                q.pop_front();
+            }
+            Some(Pending::Simple) => self.current = self.empty.clone(),
+            _ => {}
+        }
+    }
+
+    /// The plan of a portal bound from `statement` with result `formats`.
+    fn plan(&self, statement: &Bytes, formats: &ResultFormats) -> Plan {
+        match self.statements.get(statement) {
+            Some(sources) if !sources.is_empty() => sources
+                .iter()
+                .map(|(index, column)| PlanField {
+                    index: *index,
+                    column: column.clone(),
+                    format: format(formats.get(*index)),
+                })
+                .collect(),
+            _ => self.empty.clone(),
+        }
+    }
+
+    /// Appends the DataRow `body` with its encrypted values decrypted, or, if
+    /// one does not decrypt, an ErrorResponse (and drops the rest of the
+    /// answer).
+    fn row(
+        &mut self,
+        body: &[u8],
+        plan: &[PlanField],
+        out: &mut BytesMut,
+    ) -> Result<(), Malformed> {
+        let mut r = messages::Reader::new(body);
+        let n = r.count().ok_or(Malformed)?;
+        let at = messages::begin(out, b'D');
+        out.put_i16(n as i16);
+        let mut next = plan.iter().peekable();
+        for i in 0..n {
+            let value = r.value().ok_or(Malformed)?;
+            let field = next.next_if(|f| f.index == i);
+            match (value, field) {
+                (Some(v), Some(f)) => {
+                    if let Err(message) = self.decrypt(v, f) {
+                        out.truncate(at);
+                        tracing::warn!(column = %f.column.name, reason = %message, "stored value does not decrypt");
+                        out.put_slice(&protocol::error_response("ERROR", DATA_CORRUPTED, &message));
+                        self.poisoned = true;
+                        return Ok(());
+                    }
+                    out.put_i32(self.encoded.len() as i32);
+                    out.put_slice(&self.encoded);
+                }
+                (Some(v), None) => {
+                    out.put_i32(v.len() as i32);
+                    out.put_slice(v);
+                }
+                (None, _) => out.put_i32(-1),
+            }
+        }
+        messages::end(out, at);
+        Ok(())
+    }
+
+    /// Decrypts one stored value into `self.encoded`, in the field's format.
+    fn decrypt(&mut self, stored: &[u8], f: &PlanField) -> Result<(), String> {
+        let c = &f.column;
+        let envelope = match f.format {
+            Format::Binary => stored,
+            Format::Text => {
+                decode_bytea_text(stored, &mut self.envelope).ok_or_else(|| {
+                    format!("column {}: the stored value is not bytea text", c.name)
+                })?;
+                &self.envelope
+            }
+        };
+        self.enc
+            .keyring
+            .load()
+            .decrypt(&c.aad, envelope, &mut self.plain)
+            .map_err(|e| format!("column {}: {e}", c.name))?;
+        self.encoded.zeroize();
+        self.encoded.clear();
+        codec::encode(c.logical_type, f.format, &self.plain, &mut self.encoded)
+            .map_err(|e| format!("column {}: {e}", c.name))?;
+        self.plain.zeroize();
+        Ok(())
+    }
+}
+
+fn format(code: i16) -> Format {
+    Format::from_code(code).unwrap_or(Format::Text)
+}
+
+/// Decodes bytea in its text output (`\x` hex, or the escape format when a
+/// session sets `bytea_output = escape`) into `out`.
+fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    out.clear();
+    if let Some(hex) = text.strip_prefix(b"\\x") {
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        out.reserve(hex.len() / 2);
+        for pair in hex.chunks_exact(2) {
+            let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+            out.push(digit(pair[0])? << 4 | digit(pair[1])?);
+        }
+        return Some(());
+    }
+    let mut rest = text;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b != b'\\' {
+            out.push(b);
+            rest = tail;
+            continue;
+        }
+        match tail {
+            [b'\\', more @ ..] => {
+                out.push(b'\\');
+                rest = more;
+            }
+            [a @ b'0'..=b'3', b @ b'0'..=b'7', c @ b'0'..=b'7', more @ ..] => {
+                out.push((a - b'0') << 6 | (b - b'0') << 3 | (c - b'0'));
+                rest = more;
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_bytea_text;
+
+    #[test]
+    fn bytea_text_decodes_in_both_output_formats() {
+        let mut out = Vec::new();
+        decode_bytea_text(b"\\x5057ff00", &mut out).unwrap();
+        assert_eq!(out, [0x50, 0x57, 0xff, 0x00]);
+        decode_bytea_text(b"PW\\377\\000\\\\", &mut out).unwrap();
+        assert_eq!(out, [0x50, 0x57, 0xff, 0x00, b'\\']);
+        for bad in [&b"\\x5"[..], b"\\xzz", b"\\9", b"\\"] {
+            assert!(decode_bytea_text(bad, &mut out).is_none(), "{bad:?}");
+        }
+    }
+}

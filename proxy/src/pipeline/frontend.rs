@@ -1,0 +1,324 @@
+//! Client → Postgres: Query and Parse are analysed, literals bound for
+//! encrypted columns are encrypted in the text, Bind values bound for them
+//! are canonicalised and encrypted; a statement that cannot be supported is
+//! replaced by its refusal and nothing of it reaches Postgres.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{raise, Encryption, Pending, Queue};
+use crate::crypto::{codec, Format, Mode};
+use crate::protocol::messages::{self, Bind, Parse, Reader, ResultFormats};
+use crate::protocol::Message;
+use crate::sql::{self, ParamSite, Refusal};
+
+/// SQLSTATE of a value that is not valid for its column's logical type.
+const INVALID_TEXT: &str = "22P02";
+/// SQLSTATE of a key that cannot be used (no ACTIVE version).
+const KEY_UNAVAILABLE: &str = "55000";
+
+/// A refusal on its way to the client: SQLSTATE and message.
+struct Refused(&'static str, String);
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Self {
+        Refused(r.sqlstate(), r.to_string())
+    }
+}
+
+/// One session's frontend side.
+pub struct Frontend {
+    enc: Arc<Encryption>,
+    /// Prepared statements with parameters bound for encrypted columns.
+    statements: HashMap<Bytes, Arc<[ParamSite]>>,
+    /// After a refusal inside an extended-protocol batch: drop everything up
+    /// to Sync, as Postgres does after an error.
+    skipping: bool,
+    no_params: Arc<[ParamSite]>,
+}
+
+impl Frontend {
+    pub fn new(enc: Arc<Encryption>) -> Self {
+        Self { enc, statements: HashMap::new(), skipping: false, no_params: Arc::new([]) }
+    }
+
+    /// Appends what to send Postgres for `msg` to `out` and records what it
+    /// will answer in `queue`. False when the queue is full.
+    pub fn handle(&mut self, msg: Message, queue: &Queue, out: &mut BytesMut) -> bool {
+        let forward = |out: &mut BytesMut| out.put_slice(&msg.frame);
+        if self.skipping && !matches!(msg.tag, b'S' | b'X') {
+            return true;
+        }
+        let pending = match msg.tag {
+            b'Q' => {
+                self.query(&msg, out);
+                Pending::Simple
+            }
+            b'F' => {
+                forward(out);
+                Pending::Simple
+            }
+            b'P' => return self.parse(&msg, queue, out),
+            b'B' => return self.bind(&msg, queue, out),
+            b'D' => {
+                forward(out);
+                match msg.body().split_first() {
+                    Some((b'S', name)) => {
+                        let name = msg.frame.slice(6..6 + name.len().saturating_sub(1));
+                        let params = self.statements.get(&name).cloned();
+                        let params = params.unwrap_or_else(|| self.no_params.clone());
+                        Pending::DescribeStatement { name, params, injected: false }
+                    }
+                    // Postgres answers a malformed Describe with an error.
+                    _ => Pending::DescribePortal,
+                }
+            }
+            b'E' => {
+                forward(out);
+                let portal = Reader::new(msg.body()).cstr().unwrap_or_default();
+                Pending::Execute { portal: msg.frame.slice(5..5 + portal.len()) }
+            }
+            b'C' => {
+                forward(out);
+                let statement = match msg.body().split_first() {
+                    Some((b'S', name)) => {
+                        let name = msg.frame.slice(6..6 + name.len().saturating_sub(1));
+                        self.statements.remove(&name);
+                        Some(name)
+                    }
+                    _ => None,
+                };
+                Pending::Close { statement }
+            }
+            b'S' => {
+                self.skipping = false;
+                forward(out);
+                Pending::Sync
+            }
+            _ => {
+                forward(out);
+                return true;
+            }
+        };
+        queue.push(pending)
+    }
+
+    /// A simple Query: passed on as it is, rewritten, or replaced by its
+    /// refusal.
+    fn query(&mut self, msg: &Message, out: &mut BytesMut) {
+        let text = Reader::new(msg.body()).cstr().unwrap_or_default();
+        match self.prepare(text) {
+            Ok(Prepared { sql: None, .. }) => out.put_slice(&msg.frame),
+            Ok(Prepared { sql: Some(sql), .. }) => messages::query(&sql, out),
+            Err(Refused(state, message)) => {
+                tracing::info!(sqlstate = state, reason = %message, "statement refused");
+                messages::query(&raise(state, &message), out);
+            }
+        }
+    }
+
+    fn parse(&mut self, msg: &Message, queue: &Queue, out: &mut BytesMut) -> bool {
+        let Some(parse) = Parse::decode(msg.body()) else {
+            // Postgres answers it with a protocol error.
+            out.put_slice(&msg.frame);
+            return queue.push(Pending::Parse { injected: false });
+        };
+        let name = msg.frame.slice(5..5 + parse.name.len());
+        let params = match self.prepare(parse.query) {
+            Ok(Prepared { sql, params: sites }) => {
+                let mut types = parse.param_types.clone();
+                for site in sites.iter() {
+                    // The column is bytea in Postgres; the client's declared
+                    // type is reported back by ParameterDescription instead.
+                    if let Some(t) = types.get_mut(site.index).filter(|t| **t != 0) {
+                        *t = pgwarden_config::LogicalType::Bytea.oid();
+                    }
+                }
+                if sql.is_none() && types == parse.param_types {
+                    out.put_slice(&msg.frame);
+                } else {
+                    let parse = Parse { param_types: types, ..parse };
+                    let query = sql.as_deref().map_or(parse.query, str::as_bytes);
+                    parse.encode(query, out);
+                }
+                sites
+            }
+            Err(refused) => return self.refuse(refused, queue, out),
+        };
+        if params.is_empty() {
+            self.statements.remove(&name);
+        } else {
+            self.statements.insert(name.clone(), params.clone());
+        }
+        // Describe every statement: the backend side learns its result
+        // columns from the answer, which it swallows.
+        messages::describe_statement(&name, out);
+        queue.push(Pending::Parse { injected: false })
+            && queue.push(Pending::DescribeStatement { name, params, injected: true })
+    }
+
+    fn bind(&mut self, msg: &Message, queue: &Queue, out: &mut BytesMut) -> bool {
+        let Some(bind) = Bind::decode(msg.body()) else {
+            out.put_slice(&msg.frame);
+            return queue.push(Pending::Bind {
+                portal: Bytes::new(),
+                statement: Bytes::new(),
+                formats: ResultFormats::default(),
+                injected: false,
+            });
+        };
+        let offset = |s: &[u8]| s.as_ptr() as usize - msg.frame.as_ptr() as usize;
+        let slice = |s: &[u8]| msg.frame.slice(offset(s)..offset(s) + s.len());
+        let portal = slice(bind.portal);
+        let statement = slice(bind.statement);
+        let formats = ResultFormats::new(slice(bind.result_formats));
+        match self.statements.get(&statement).cloned() {
+            None => out.put_slice(&msg.frame),
+            Some(sites) => match self.encrypt_params(&bind, &sites) {
+                Ok(values) => bind.encode_with(&values, out),
+                Err(refused) => return self.refuse(refused, queue, out),
+            },
+        }
+        queue.push(Pending::Bind { portal, statement, formats, injected: false })
+    }
+
+    /// The encrypted values of the parameters bound for encrypted columns.
+    fn encrypt_params(
+        &self,
+        bind: &Bind<'_>,
+        sites: &[ParamSite],
+    ) -> Result<messages::Replaced, Refused> {
+        let keyring = self.enc.keyring.load();
+        let mut values = Vec::with_capacity(sites.len());
+        for site in sites {
+            // A count mismatch is Postgres' to report.
+            let Some(value) = bind.params.get(site.index) else { continue };
+            let Some(value) = value else {
+                values.push((site.index, None));
+                continue;
+            };
+            let format = Format::from_code(bind.param_format(site.index)).ok_or_else(|| {
+                Refused("08P01", format!("invalid format code for parameter ${}", site.index + 1))
+            })?;
+            let column = &site.column;
+            let canonical = codec::canonicalize(column.logical_type, format, value)
+                .map_err(|e| invalid_value(&column.name, e))?;
+            let mut envelope = Vec::new();
+            encrypt(&keyring, column, &canonical, &mut envelope)?;
+            values.push((site.index, Some(envelope)));
+        }
+        Ok(values)
+    }
+
+    /// Analyses a statement: its text with the literals bound for encrypted
+    /// columns encrypted (`None` when nothing changes), and the parameters
+    /// bound for encrypted columns.
+    fn prepare(&self, text: &[u8]) -> Result<Prepared, Refused> {
+        let Ok(sql) = std::str::from_utf8(text) else {
+            if self.enc.registry.may_touch(&String::from_utf8_lossy(text)) {
+                return Err(Refused(
+                    "0A000",
+                    "the statement is not valid UTF-8 and names a table with encrypted \
+                     columns; set client_encoding to UTF8"
+                        .into(),
+                ));
+            }
+            return Ok(Prepared { sql: None, params: self.no_params.clone() });
+        };
+        let analysis = sql::analyze(sql, &self.enc.registry)?;
+        let params = if analysis.params.is_empty() {
+            self.no_params.clone()
+        } else {
+            param_sites(analysis.params)?
+        };
+        if analysis.literals.is_empty() {
+            return Ok(Prepared { sql: None, params });
+        }
+        let keyring = self.enc.keyring.load();
+        let mut sites: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(analysis.literals.len());
+        for lit in &analysis.literals {
+            let column = &lit.column;
+            let canonical = codec::canonicalize_text(column.logical_type, lit.value.as_bytes())
+                .map_err(|e| invalid_value(&column.name, e))?;
+            let mut envelope = Vec::new();
+            encrypt(&keyring, column, &canonical, &mut envelope)?;
+            sites.push((lit.range.clone(), envelope));
+        }
+        let sql = sql::rewrite::replace_literals(sql, sites)
+            .ok_or_else(|| Refused("0A000", "cannot rewrite the statement".into()))?;
+        Ok(Prepared { sql: Some(sql), params })
+    }
+
+    /// Sends the refusal in place of the message and skips to Sync.
+    fn refuse(
+        &mut self,
+        Refused(state, message): Refused,
+        queue: &Queue,
+        out: &mut BytesMut,
+    ) -> bool {
+        tracing::info!(sqlstate = state, reason = %message, "statement refused");
+        messages::run_unnamed(&raise(state, &message), out);
+        self.skipping = true;
+        queue.push(Pending::Parse { injected: true })
+            && queue.push(Pending::Bind {
+                portal: Bytes::new(),
+                statement: Bytes::new(),
+                formats: ResultFormats::default(),
+                injected: true,
+            })
+            && queue.push(Pending::Execute { portal: Bytes::new() })
+    }
+}
+
+/// A statement as it goes to Postgres.
+struct Prepared {
+    /// The rewritten text; `None` to send the client's unchanged.
+    sql: Option<String>,
+    params: Arc<[ParamSite]>,
+}
+
+/// Parameters bound for encrypted columns, each once. A parameter bound for
+/// two different encrypted columns cannot be encrypted for both.
+fn param_sites(found: Vec<ParamSite>) -> Result<Arc<[ParamSite]>, Refused> {
+    let mut sites: Vec<ParamSite> = Vec::with_capacity(found.len());
+    for p in found {
+        match sites.iter().find(|s| s.index == p.index) {
+            Some(s) if s.column.name != p.column.name => {
+                return Err(Refused(
+                    "0A000",
+                    format!(
+                        "parameter ${} is used with encrypted columns {} and {}, which encrypt \
+                         differently; pass the value twice, as two parameters",
+                        p.index + 1,
+                        s.column.name,
+                        p.column.name
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => sites.push(p),
+        }
+    }
+    Ok(sites.into())
+}
+
+fn invalid_value(column: &str, e: codec::CodecError) -> Refused {
+    Refused(INVALID_TEXT, format!("invalid input for encrypted column {column}: {e}"))
+}
+
+fn encrypt(
+    keyring: &crate::crypto::Keyring,
+    column: &sql::EncryptedColumn,
+    canonical: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Refused> {
+    let cipher = keyring
+        .active(&column.key)
+        .map_err(|e| Refused(KEY_UNAVAILABLE, format!("column {}: {e}", column.name)))?;
+    cipher
+        .encrypt(Mode::from(column.mode), &column.aad, canonical, out)
+        .map_err(|e| Refused(KEY_UNAVAILABLE, format!("column {}: {e}", column.name)))
+}
