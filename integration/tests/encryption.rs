@@ -593,3 +593,38 @@ async fn a_dropped_and_recreated_table_is_found_again() {
         assert_eq!(row.get::<_, &str>(0), "123");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_over_encrypted_columns_decrypt_and_are_analysed_as_their_columns() {
+    let env = start().await;
+    let proxy = env.proxy_client().await;
+    proxy
+        .batch_execute(
+            "INSERT INTO customers (name, ssn, card) VALUES ('Ann', '123-45-6789', '4111'); \
+             CREATE VIEW people AS SELECT id, name, ssn AS tax_id, card FROM customers; \
+             CREATE VIEW people_again AS SELECT tax_id, name FROM people",
+        )
+        .await
+        .unwrap();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        rows(&proxy, "SELECT name, tax_id, card FROM people WHERE tax_id = '123-45-6789'").await,
+        [[s("Ann"), s("123-45-6789"), s("4111")]]
+    );
+    let row = proxy
+        .query_one("SELECT tax_id FROM people_again WHERE tax_id = $1", &[&"123-45-6789"])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "123-45-6789");
+    // Writes through an updatable view are encrypted for the column shown.
+    proxy
+        .batch_execute("INSERT INTO people (name, tax_id) VALUES ('Bob', '987-65-4321')")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&proxy, "SELECT name FROM customers WHERE ssn = '987-65-4321'").await,
+        [[s("Bob")]]
+    );
+    let e = proxy.simple_query("SELECT name FROM people WHERE tax_id LIKE '1%'").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+}

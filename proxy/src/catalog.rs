@@ -4,6 +4,13 @@
 //! decrypts `SELECT *`, aliases, joins, subqueries and views over plain columns
 //! without re-implementing Postgres' name resolution.
 //!
+//! Views (and materialized views) whose columns are plain references to
+//! encrypted columns are found too, by preparing each view's definition and
+//! reading the origin of its result columns from the RowDescription, as the
+//! read path does; views over such views follow. Their columns decrypt like
+//! the columns they show, and [`Catalog::views`] lets the analyser treat
+//! them as encrypted.
+//!
 //! Loaded on the proxy's own connection; reloaded when DDL may have moved a
 //! table (a dropped and re-created table gets a new OID).
 
@@ -18,7 +25,21 @@ use crate::sql::{EncryptedColumn, Registry};
 #[derive(Debug, Default)]
 pub struct Catalog {
     by_attribute: HashMap<(u32, i16), Arc<EncryptedColumn>>,
+    views: Vec<ViewColumn>,
 }
+
+/// A column of a view that shows an encrypted column as it is.
+#[derive(Debug, Clone)]
+pub struct ViewColumn {
+    pub schema: String,
+    pub view: String,
+    pub column: String,
+    /// The encrypted column it shows.
+    pub source: Arc<EncryptedColumn>,
+}
+
+/// Levels of views over views followed.
+const MAX_VIEW_DEPTH: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -61,7 +82,70 @@ impl Catalog {
         if !missing.is_empty() {
             return Err(CatalogError::Missing(missing.join(", ")));
         }
-        Ok(Self { by_attribute })
+        let mut catalog = Self { by_attribute, views: Vec::new() };
+        catalog.find_views(db).await?;
+        Ok(catalog)
+    }
+
+    /// Adds the columns of views that show encrypted columns as they are.
+    async fn find_views(&mut self, db: &Client) -> Result<(), CatalogError> {
+        let mut sources: Vec<i64> =
+            self.by_attribute.keys().map(|(oid, _)| i64::from(*oid)).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        for _ in 0..MAX_VIEW_DEPTH {
+            let views = db
+                .query(
+                    "SELECT DISTINCT v.oid::int8, n.nspname::text, v.relname::text, \
+                     pg_get_viewdef(v.oid) \
+                     FROM pg_depend d \
+                     JOIN pg_rewrite r ON r.oid = d.objid \
+                     JOIN pg_class v ON v.oid = r.ev_class \
+                     JOIN pg_namespace n ON n.oid = v.relnamespace \
+                     WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid::int8 = ANY($1) \
+                     AND v.relkind IN ('v', 'm') AND v.oid <> d.refobjid",
+                    &[&sources],
+                )
+                .await?;
+            let mut found = Vec::new();
+            for view in views {
+                let (oid, schema, name, definition): (i64, String, String, String) =
+                    (view.get(0), view.get(1), view.get(2), view.get(3));
+                let Ok(oid32) = u32::try_from(oid) else { continue };
+                // A view that cannot be prepared (it needs a privilege the
+                // proxy lacks, say) shows nothing decryptable.
+                let Ok(statement) = db.prepare(&definition).await else {
+                    tracing::warn!(view = %name, "cannot prepare the view's definition; its encrypted columns will not decrypt");
+                    continue;
+                };
+                for (i, col) in statement.columns().iter().enumerate() {
+                    let (Some(t), Some(a)) = (col.table_oid(), col.column_id()) else { continue };
+                    let Some(source) = self.by_attribute.get(&(t, a)).cloned() else { continue };
+                    let Ok(attnum) = i16::try_from(i + 1) else { continue };
+                    if self.by_attribute.insert((oid32, attnum), source.clone()).is_none() {
+                        self.views.push(ViewColumn {
+                            schema: schema.clone(),
+                            view: name.clone(),
+                            column: col.name().to_string(),
+                            source,
+                        });
+                        found.push(oid);
+                    }
+                }
+            }
+            found.sort_unstable();
+            found.dedup();
+            if found.is_empty() {
+                break;
+            }
+            sources = found;
+        }
+        Ok(())
+    }
+
+    /// The view columns that show encrypted columns.
+    pub fn views(&self) -> &[ViewColumn] {
+        &self.views
     }
 
     /// The encrypted column a RowDescription field comes from, if any.

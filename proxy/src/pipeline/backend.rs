@@ -18,6 +18,18 @@ use crate::sql::EncryptedColumn;
 /// SQLSTATE of a stored value that does not decrypt.
 const DATA_CORRUPTED: &str = "XX001";
 
+/// Command tags after which the catalog is read again.
+const DDL_TAGS: &[&[u8]] = &[
+    b"CREATE TABLE",
+    b"DROP TABLE",
+    b"ALTER TABLE",
+    b"CREATE VIEW",
+    b"DROP VIEW",
+    b"ALTER VIEW",
+    b"CREATE MATERIALIZED VIEW",
+    b"DROP MATERIALIZED VIEW",
+];
+
 /// Postgres sent a message that does not decode.
 #[derive(Debug, Clone, Copy)]
 pub struct Malformed;
@@ -201,9 +213,7 @@ impl Backend {
             }
             b'C' => {
                 let tag = messages::Reader::new(body).cstr().unwrap_or_default();
-                self.ddl |= [&b"CREATE TABLE"[..], b"DROP TABLE", b"ALTER TABLE", b"CREATE VIEW"]
-                    .iter()
-                    .any(|t| tag.starts_with(t));
+                self.ddl |= DDL_TAGS.iter().any(|t| tag.starts_with(t));
                 self.end_of_result(&mut q);
             }
             b's' | b'I' => self.end_of_result(&mut q),

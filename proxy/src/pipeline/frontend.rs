@@ -218,7 +218,7 @@ impl Frontend {
     /// bound for encrypted columns.
     fn prepare(&self, text: &[u8]) -> Result<Prepared, Refused> {
         let Ok(sql) = std::str::from_utf8(text) else {
-            if self.enc.registry.may_touch(&String::from_utf8_lossy(text)) {
+            if self.enc.registry.load().may_touch(&String::from_utf8_lossy(text)) {
                 return Err(Refused(
                     "0A000",
                     "the statement is not valid UTF-8 and names a table with encrypted \
@@ -228,7 +228,7 @@ impl Frontend {
             }
             return Ok(Prepared { sql: None, params: self.no_params.clone() });
         };
-        let analysis = sql::analyze(sql, &self.enc.registry)?;
+        let analysis = sql::analyze(sql, &self.enc.registry.load())?;
         let params = if analysis.params.is_empty() {
             self.no_params.clone()
         } else {

@@ -51,7 +51,10 @@ pub const MAX_PENDING: usize = 1_000_000;
 
 /// What every session of a proxy with registered columns shares.
 pub struct Encryption {
-    pub registry: Registry,
+    /// The registered columns, as configured.
+    configured: Registry,
+    /// The same plus the views that show them, as the analyser sees them.
+    pub registry: ArcSwap<Registry>,
     pub keyring: ArcSwap<Keyring>,
     pub catalog: ArcSwap<Catalog>,
     /// The database the registered columns live in.
@@ -104,7 +107,8 @@ impl Encryption {
             .await
             .map_err(|e| KeysError::Config(format!("cannot find the registered columns: {e}")))?;
         Ok(Some(Self {
-            registry,
+            registry: ArcSwap::from_pointee(registry.with_views(catalog.views())),
+            configured: registry,
             keyring: ArcSwap::from_pointee(keyring),
             catalog: ArcSwap::from_pointee(catalog),
             database: config.upstream.admin_database.clone(),
@@ -115,16 +119,21 @@ impl Encryption {
     /// Finds the registered columns again, after DDL may have moved them. On
     /// failure the old catalog stays (a dropped table has no rows to decrypt).
     pub async fn refresh_catalog(&self) {
-        match Catalog::load(&self.db, &self.registry).await {
-            Ok(c) => self.catalog.store(Arc::new(c)),
+        match Catalog::load(&self.db, &self.configured).await {
+            Ok(c) => {
+                self.registry.store(Arc::new(self.configured.with_views(c.views())));
+                self.catalog.store(Arc::new(c));
+            }
             Err(e) => tracing::warn!(error = %e, "catalog refresh failed; keeping the old one"),
         }
     }
 
-    /// Reads the data keys again (new versions, status changes).
+    /// Reads the data keys (new versions, status changes) and the catalog
+    /// again.
     pub async fn reload_keys(&self, config: &Config) -> Result<(), KeysError> {
         let keyring = keys::load_keyring(config, &self.db).await?;
         self.keyring.store(Arc::new(keyring));
+        self.refresh_catalog().await;
         Ok(())
     }
 }

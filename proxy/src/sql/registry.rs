@@ -64,6 +64,25 @@ impl Registry {
             });
             tables.entry((schema.into(), table.into())).or_default().insert(column.into(), col);
         }
+        Self::from_tables(tables)
+    }
+
+    /// This registry plus views whose columns show encrypted columns as they
+    /// are: a view column is analysed as the column it shows.
+    pub fn with_views(&self, views: &[crate::catalog::ViewColumn]) -> Self {
+        let mut tables = self.tables.clone();
+        for v in views {
+            tables
+                .entry((v.schema.clone(), v.view.clone()))
+                .or_default()
+                .insert(v.column.clone(), v.source.clone());
+        }
+        Self::from_tables(tables)
+    }
+
+    fn from_tables(
+        tables: HashMap<(String, String), HashMap<String, Arc<EncryptedColumn>>>,
+    ) -> Self {
         let names: Vec<&str> = tables.keys().map(|(_, t)| t.as_str()).collect();
         let prefilter = (!names.is_empty())
             .then(|| AhoCorasick::builder().ascii_case_insensitive(true).build(&names).ok())
