@@ -628,3 +628,120 @@ async fn views_over_encrypted_columns_decrypt_and_are_analysed_as_their_columns(
     let e = proxy.simple_query("SELECT name FROM people WHERE tax_id LIKE '1%'").await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000", "{e}");
 }
+
+/// psql through the proxy reading `stdin`; (success, stdout + stderr).
+async fn psql(port: u16, script: &str, stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let conninfo = format!("host=127.0.0.1 port={port} user={} dbname=postgres", roles::SCRAM);
+    let (script, stdin) = (script.to_string(), stdin.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &conninfo])
+            .args(script.lines().flat_map(|line| ["-c", line]))
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_stdin_encrypts_and_copy_to_stdout_decrypts() {
+    use futures_util::SinkExt;
+    let env = start().await;
+    let proxy = env.proxy_client().await;
+    let direct = env.direct_client().await;
+    let port = env.proxy_addr.port();
+
+    // Text format through the extended protocol (tokio-postgres), the rows
+    // split across CopyData messages in the middle of a row.
+    let sink = proxy.copy_in("COPY customers (name, ssn, card) FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    for chunk in ["Ann\t123-45-6789\t4111\\t1111\nBob\t98", "7-65-4321\t\\N\n", "Cy\t\\N\tx\\\\y\n"]
+    {
+        sink.send(bytes::Bytes::from(chunk)).await.unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 3);
+
+    // CSV with a header through the simple protocol (psql's \copy).
+    let csv = "name,ssn,card\n\"Dee, Jr.\",555-55-5555,\"say \"\"hi\"\"\"\nEd,,\"\"\n";
+    let (ok, out) =
+        psql(port, "\\copy customers (name, ssn, card) FROM STDIN WITH (FORMAT csv, HEADER)", csv)
+            .await;
+    assert!(ok, "{out}");
+
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        rows(&proxy, "SELECT name, ssn, card FROM customers ORDER BY id").await,
+        [
+            [s("Ann"), s("123-45-6789"), s("4111\t1111")],
+            [s("Bob"), s("987-65-4321"), None],
+            [s("Cy"), None, s("x\\y")],
+            [s("Dee, Jr."), s("555-55-5555"), s("say \"hi\"")],
+            [s("Ed"), None, s("")],
+        ]
+    );
+    // Only envelopes in Postgres.
+    let stored = rows(&direct, "SELECT ssn FROM customers WHERE ssn IS NOT NULL").await;
+    assert!(stored.iter().all(|r| r[0].as_deref().unwrap().starts_with("\\x5057")), "{stored:?}");
+    // Equality finds COPY'd rows: the same canonical form as INSERT.
+    assert_eq!(
+        rows(&proxy, "SELECT name FROM customers WHERE ssn = '555-55-5555'").await,
+        [[s("Dee, Jr.")]]
+    );
+
+    // COPY TO STDOUT of the table, of a column list and of a query, in text
+    // and csv, decrypts.
+    let (ok, out) = psql(port, "COPY customers (name, ssn, card) TO STDOUT", "").await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        out,
+        "Ann\t123-45-6789\t4111\\t1111\nBob\t987-65-4321\t\\N\nCy\t\\N\tx\\\\y\n\
+         Dee, Jr.\t555-55-5555\tsay \"hi\"\nEd\t\\N\t\n"
+    );
+    let (ok, out) = psql(
+        port,
+        "\\copy (SELECT c.name, c.card FROM customers c WHERE c.ssn = '555-55-5555') TO STDOUT WITH (FORMAT csv, HEADER)",
+        "",
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(out, "name,card\n\"Dee, Jr.\",\"say \"\"hi\"\"\"\n");
+    let (ok, out) = psql(port, "COPY customers TO STDOUT CSV", "").await;
+    assert!(ok, "{out}");
+    assert!(out.contains(",Ann,123-45-6789,4111\t1111\n"), "{out}");
+    assert!(out.contains(",Ed,,\"\"\n"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_with_an_invalid_value_fails_whole_with_22p02() {
+    let env = start().await;
+    let port = env.proxy_addr.port();
+    let data: String =
+        (0..2000).map(|i| format!("{i}\t{i}\n")).collect::<String>() + "x\tsecret-oops\n";
+    let (ok, out) = psql(port, "\\copy every_type (id, i4) FROM STDIN", &data).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("public.every_type.i4"), "{out}");
+    assert!(!out.contains("secret-oops"), "{out}");
+    let (_, out) =
+        psql(port, "\\set VERBOSITY verbose\n\\copy every_type (id, i4) FROM STDIN", "1\tx\n")
+            .await;
+    assert!(out.contains("22P02"), "{out}");
+    let proxy = env.proxy_client().await;
+    assert_eq!(rows(&proxy, "SELECT count(*) FROM every_type").await, [[Some("0".to_string())]]);
+    // Server-side files cannot be encrypted by the proxy.
+    let e = proxy.simple_query("COPY customers (ssn) FROM '/etc/hostname'").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+}

@@ -31,6 +31,7 @@ use crate::listener::Shared;
 use crate::metrics::{
     ConnectionOutcome, Denial, Direction, InFlight, Metrics, RoundTrip, StatementKind,
 };
+use crate::pipeline::backend::Answer;
 use crate::pipeline::{Backend, Frontend, Queue};
 use crate::policy;
 use crate::protocol::{self, Fill, FrameError, Framer, StartupPacket};
@@ -296,7 +297,8 @@ where
         in_flight: InFlight::default(),
         queue: Queue::default(),
     };
-    let mut frontend = encryption.clone().map(Frontend::new);
+    let max_row = listen.max_message_bytes as usize;
+    let mut frontend = encryption.clone().map(|e| Frontend::new(e, max_row));
     let mut backend = encryption.map(Backend::new);
     let end = tokio::select! {
         biased;
@@ -545,11 +547,16 @@ where
                     Ok(None) => break,
                     Err(_) => return End::Upstream(ClientError::upstream_protocol_violation()),
                 };
-                answered(msg.tag);
                 match back.handle(&msg, &state.queue, &mut out) {
-                    Ok(false) => {}
+                    Ok(Answer::Relayed) => answered(msg.tag),
                     // DDL committed: the next statement must see the new catalog.
-                    Ok(true) => back.refresh_catalog().await,
+                    Ok(Answer::RefreshCatalog) => {
+                        answered(msg.tag);
+                        back.refresh_catalog().await;
+                    }
+                    // The answer to the proxy's own Sync: no statement of the
+                    // client's ended.
+                    Ok(Answer::OwnReady) => {}
                     Err(_) => return End::Upstream(ClientError::upstream_protocol_violation()),
                 }
                 if out.len() >= FLUSH_AT {

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use zeroize::Zeroize;
 
+use super::copy::CopyOut;
 use super::{Encryption, Pending, Queue};
 use crate::crypto::{codec, Format};
 use crate::protocol::messages::{self, ResultFormats};
 use crate::protocol::{self, Message};
-use crate::sql::EncryptedColumn;
+use crate::sql::{CopySpec, EncryptedColumn};
 
 /// SQLSTATE of a stored value that does not decrypt.
 const DATA_CORRUPTED: &str = "XX001";
@@ -29,6 +30,18 @@ const DDL_TAGS: &[&[u8]] = &[
     b"CREATE MATERIALIZED VIEW",
     b"DROP MATERIALIZED VIEW",
 ];
+
+/// What became of a message from Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Relayed, rewritten or dropped as the pipeline wants.
+    Relayed,
+    /// Relayed, and DDL was committed: refresh the catalog before the client
+    /// gets it.
+    RefreshCatalog,
+    /// The ReadyForQuery answering the proxy's own Sync, swallowed.
+    OwnReady,
+}
 
 /// Postgres sent a message that does not decode.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +77,11 @@ pub struct Backend {
     /// ReadyForQuery outside a transaction (before, it is not visible to the
     /// proxy's own connection).
     ddl: bool,
+    /// The encrypted fields of the next COPY TO STDOUT, from its source's
+    /// Describe.
+    copy_source: Option<(Arc<CopySpec>, Sources)>,
+    /// The COPY TO STDOUT in progress, if its rows need decrypting.
+    copy_out: Option<CopyOut>,
     empty: Plan,
     envelope: Vec<u8>,
     plain: Vec<u8>,
@@ -87,6 +105,8 @@ impl Backend {
             current: empty.clone(),
             poisoned: false,
             ddl: false,
+            copy_source: None,
+            copy_out: None,
             empty,
             envelope: Vec::new(),
             plain: Vec::new(),
@@ -106,13 +126,14 @@ impl Backend {
         msg: &Message,
         queue: &Queue,
         out: &mut BytesMut,
-    ) -> Result<bool, Malformed> {
+    ) -> Result<Answer, Malformed> {
         let mut q = queue.lock();
         let body = msg.body();
         let mut forward = !self.poisoned;
         match msg.tag {
             b'1' => {
-                if let Some(Pending::Parse { injected: true }) = q.pop_front() {
+                if let Some(Pending::Parse { injected: true } | Pending::CopyParse) = q.pop_front()
+                {
                     forward = false;
                 }
             }
@@ -132,6 +153,7 @@ impl Backend {
                     self.statements.remove(&name);
                 }
             }
+            b't' if matches!(q.front(), Some(Pending::CopyDescribe { .. })) => forward = false,
             b't' => {
                 if let Some(Pending::DescribeStatement { params, injected, .. }) = q.front() {
                     if *injected {
@@ -144,7 +166,7 @@ impl Backend {
                             }
                         }
                         messages::encode_parameter_description(&oids, out);
-                        return Ok(false);
+                        return Ok(Answer::Relayed);
                     }
                 }
             }
@@ -166,6 +188,11 @@ impl Backend {
                         self.statements.insert(name.clone(), sources.into());
                         q.pop_front();
                     }
+                    Some(Pending::CopyDescribe { spec }) => {
+                        self.copy_source = Some((spec.clone(), sources.into()));
+                        q.pop_front();
+                        return Ok(Answer::Relayed);
+                    }
                     Some(Pending::DescribePortal) => {
                         q.pop_front();
                     }
@@ -184,9 +211,14 @@ impl Backend {
                 if forward {
                     messages::encode_row_description(&fields, out);
                 }
-                return Ok(false);
+                return Ok(Answer::Relayed);
             }
             b'n' => match q.front() {
+                Some(Pending::CopyDescribe { .. }) => {
+                    self.copy_source = None;
+                    forward = false;
+                    q.pop_front();
+                }
                 Some(Pending::DescribeStatement { name, injected, .. }) => {
                     forward &= !*injected;
                     self.statements.insert(name.clone(), Arc::new([]));
@@ -208,16 +240,55 @@ impl Backend {
                 if forward && !plan.is_empty() {
                     drop(q);
                     self.row(body, &plan, out)?;
-                    return Ok(false);
+                    return Ok(Answer::Relayed);
                 }
             }
+            b'H' => {
+                if let Some((spec, sources)) = self.copy_source.take() {
+                    self.copy_out = Some(CopyOut::new(spec, sources));
+                }
+            }
+            b'd' if forward && self.copy_out.is_some() => {
+                drop(q);
+                let keyring = self.enc.keyring.load();
+                let Some(copy) = self.copy_out.as_mut() else { return Ok(Answer::Relayed) };
+                if let Err(message) = copy.row(body, &keyring, out) {
+                    tracing::warn!(reason = %message, "stored value does not decrypt");
+                    out.put_slice(&protocol::error_response("ERROR", DATA_CORRUPTED, &message));
+                    self.poisoned = true;
+                    self.copy_out = None;
+                }
+                return Ok(Answer::Relayed);
+            }
+            b'c' => self.copy_out = None,
             b'C' => {
+                self.copy_out = None;
                 let tag = messages::Reader::new(body).cstr().unwrap_or_default();
                 self.ddl |= DDL_TAGS.iter().any(|t| tag.starts_with(t));
                 self.end_of_result(&mut q);
             }
             b's' | b'I' => self.end_of_result(&mut q),
+            b'E' if matches!(
+                q.front(),
+                Some(Pending::CopyParse | Pending::CopyDescribe { .. })
+            ) =>
+            {
+                // The Describe of a COPY's source failed; the COPY itself will
+                // fail the same way and the client hears it then.
+                forward = false;
+                self.copy_source = None;
+                while q.front().is_some_and(|p| !matches!(p, Pending::InjectedSync)) {
+                    q.pop_front();
+                }
+            }
             b'E' => {
+                self.copy_out = None;
+                if let Some((sqlstate, message)) = queue.take_replacement() {
+                    if forward {
+                        out.put_slice(&protocol::error_response("ERROR", sqlstate, &message));
+                    }
+                    forward = false;
+                }
                 if matches!(q.front(), Some(Pending::Simple)) {
                     self.current = self.empty.clone();
                 } else {
@@ -227,7 +298,12 @@ impl Backend {
                     }
                 }
             }
+            b'Z' if matches!(q.front(), Some(Pending::InjectedSync)) => {
+                q.pop_front();
+                return Ok(Answer::OwnReady);
+            }
             b'Z' => {
+                self.copy_out = None;
                 while let Some(p) = q.pop_front() {
                     if matches!(p, Pending::Sync | Pending::Simple) {
                         break;
@@ -241,7 +317,7 @@ impl Backend {
                     self.portals.clear();
                     if std::mem::take(&mut self.ddl) {
                         out.put_slice(&msg.frame);
-                        return Ok(true);
+                        return Ok(Answer::RefreshCatalog);
                     }
                 }
             }
@@ -252,7 +328,7 @@ impl Backend {
         if forward {
             out.put_slice(&msg.frame);
         }
-        Ok(false)
+        Ok(Answer::Relayed)
     }
 
     fn end_of_result(&mut self, q: &mut std::collections::VecDeque<Pending>) {
@@ -352,7 +428,7 @@ fn format(code: i16) -> Format {
 
 /// Decodes bytea in its text output (`\x` hex, or the escape format when a
 /// session sets `bytea_output = escape`) into `out`.
-fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
+pub(super) fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
     out.clear();
     if let Some(hex) = text.strip_prefix(b"\\x") {
         if hex.len() % 2 != 0 {

@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::copy::CopyIn;
 use super::{raise, Encryption, Pending, Queue};
 use crate::crypto::{codec, Format, Mode};
 use crate::protocol::messages::{self, Bind, Parse, Reader, ResultFormats};
 use crate::protocol::Message;
-use crate::sql::{self, ParamSite, Refusal};
+use crate::sql::{self, CopyDirection, CopySpec, ParamSite, Refusal};
 
 /// SQLSTATE of a value that is not valid for its column's logical type.
 const INVALID_TEXT: &str = "22P02";
@@ -21,7 +22,7 @@ const INVALID_TEXT: &str = "22P02";
 const KEY_UNAVAILABLE: &str = "55000";
 
 /// A refusal on its way to the client: SQLSTATE and message.
-struct Refused(&'static str, String);
+pub struct Refused(pub &'static str, pub String);
 
 impl From<Refusal> for Refused {
     fn from(r: Refusal) -> Self {
@@ -38,11 +39,31 @@ pub struct Frontend {
     /// to Sync, as Postgres does after an error.
     skipping: bool,
     no_params: Arc<[ParamSite]>,
+    /// Prepared COPY FROM STDIN statements into encrypted columns, and the
+    /// portals bound from them.
+    copy_statements: HashMap<Bytes, Arc<CopySpec>>,
+    copy_portals: HashMap<Bytes, Arc<CopySpec>>,
+    /// The COPY FROM STDIN in progress, if its rows need encrypting.
+    copy_in: Option<CopyIn>,
+    /// The COPY in progress was failed by the proxy: drop the client's rest.
+    copy_failed: bool,
+    /// Longest COPY row accepted.
+    max_row: usize,
 }
 
 impl Frontend {
-    pub fn new(enc: Arc<Encryption>) -> Self {
-        Self { enc, statements: HashMap::new(), skipping: false, no_params: Arc::new([]) }
+    pub fn new(enc: Arc<Encryption>, max_row: usize) -> Self {
+        Self {
+            enc,
+            statements: HashMap::new(),
+            skipping: false,
+            no_params: Arc::new([]),
+            copy_statements: HashMap::new(),
+            copy_portals: HashMap::new(),
+            copy_in: None,
+            copy_failed: false,
+            max_row,
+        }
     }
 
     /// Appends what to send Postgres for `msg` to `out` and records what it
@@ -52,10 +73,28 @@ impl Frontend {
         if self.skipping && !matches!(msg.tag, b'S' | b'X') {
             return true;
         }
+        // A new statement ends any COPY (Sync and Flush may come in the middle
+        // of one, sent by the extended protocol before the rows).
+        if matches!(msg.tag, b'Q' | b'P' | b'B' | b'F') {
+            self.copy_in = None;
+            self.copy_failed = false;
+        }
         let pending = match msg.tag {
-            b'Q' => {
-                self.query(&msg, out);
-                Pending::Simple
+            b'Q' => return self.query(&msg, queue, out),
+            b'd' | b'c' if self.copy_failed => return true,
+            b'd' if self.copy_in.is_some() => {
+                self.copy_data(&msg, queue, out);
+                return true;
+            }
+            b'c' if self.copy_in.is_some() => {
+                let keyring = self.enc.keyring.load();
+                let done = self.copy_in.as_mut().map(|c| c.done(&keyring, out));
+                self.copy_in = None;
+                match done {
+                    Some(Err(refused)) => self.fail_copy(refused, queue, out),
+                    _ => forward(out),
+                }
+                return true;
             }
             b'F' => {
                 forward(out);
@@ -79,7 +118,11 @@ impl Frontend {
             b'E' => {
                 forward(out);
                 let portal = Reader::new(msg.body()).cstr().unwrap_or_default();
-                Pending::Execute { portal: msg.frame.slice(5..5 + portal.len()) }
+                let portal = msg.frame.slice(5..5 + portal.len());
+                if let Some(spec) = self.copy_portals.get(&portal) {
+                    self.copy_in = CopyIn::new(spec.clone(), self.max_row);
+                }
+                Pending::Execute { portal }
             }
             b'C' => {
                 forward(out);
@@ -107,17 +150,59 @@ impl Frontend {
     }
 
     /// A simple Query: passed on as it is, rewritten, or replaced by its
-    /// refusal.
-    fn query(&mut self, msg: &Message, out: &mut BytesMut) {
+    /// refusal. A COPY TO STDOUT of encrypted columns is preceded by a
+    /// Describe of its source, a COPY FROM STDIN readies its rows' encryption.
+    fn query(&mut self, msg: &Message, queue: &Queue, out: &mut BytesMut) -> bool {
         let text = Reader::new(msg.body()).cstr().unwrap_or_default();
         match self.prepare(text) {
-            Ok(Prepared { sql: None, .. }) => out.put_slice(&msg.frame),
-            Ok(Prepared { sql: Some(sql), .. }) => messages::query(&sql, out),
+            Ok(Prepared { sql, copy, .. }) => {
+                if let Some(spec) = copy {
+                    match &spec.direction {
+                        CopyDirection::In(_) => self.copy_in = CopyIn::new(spec, self.max_row),
+                        CopyDirection::Out(source) => {
+                            let source = source.clone();
+                            messages::describe_unnamed(&source, out);
+                            let ok = queue.push(Pending::CopyParse)
+                                && queue.push(Pending::CopyDescribe { spec })
+                                && queue.push(Pending::InjectedSync);
+                            if !ok {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                match sql {
+                    None => out.put_slice(&msg.frame),
+                    Some(sql) => messages::query(&sql, out),
+                }
+            }
             Err(Refused(state, message)) => {
                 tracing::info!(sqlstate = state, reason = %message, "statement refused");
                 messages::query(&raise(state, &message), out);
             }
         }
+        queue.push(Pending::Simple)
+    }
+
+    /// One CopyData of a COPY FROM STDIN into encrypted columns.
+    fn copy_data(&mut self, msg: &Message, queue: &Queue, out: &mut BytesMut) {
+        let keyring = self.enc.keyring.load();
+        let Some(copy) = self.copy_in.as_mut() else { return };
+        if let Err(refused) = copy.data(msg.body(), &keyring, out) {
+            self.fail_copy(refused, queue, out);
+        }
+    }
+
+    /// Ends the COPY with CopyFail; the client gets `refused` in place of
+    /// Postgres' answer to it.
+    fn fail_copy(&mut self, Refused(state, message): Refused, queue: &Queue, out: &mut BytesMut) {
+        tracing::info!(sqlstate = state, reason = %message, "COPY refused");
+        let at = messages::begin(out, b'f');
+        messages::put_cstr(out, b"refused by pgwarden");
+        messages::end(out, at);
+        queue.replace_next_error(state, message);
+        self.copy_in = None;
+        self.copy_failed = true;
     }
 
     fn parse(&mut self, msg: &Message, queue: &Queue, out: &mut BytesMut) -> bool {
@@ -128,7 +213,22 @@ impl Frontend {
         };
         let name = msg.frame.slice(5..5 + parse.name.len());
         let params = match self.prepare(parse.query) {
-            Ok(Prepared { sql, params: sites }) => {
+            Ok(Prepared { copy: Some(spec), .. })
+                if matches!(spec.direction, CopyDirection::Out(_)) =>
+            {
+                let refused = Refused(
+                    "0A000",
+                    "send COPY ... TO STDOUT of encrypted columns as a simple query, not a \
+                     prepared statement"
+                        .into(),
+                );
+                return self.refuse(refused, queue, out);
+            }
+            Ok(Prepared { sql, params: sites, copy }) => {
+                match copy {
+                    Some(spec) => self.copy_statements.insert(name.clone(), spec),
+                    None => self.copy_statements.remove(&name),
+                };
                 let mut types = parse.param_types.clone();
                 for site in sites.iter() {
                     // The column is bytea in Postgres; the client's declared
@@ -175,6 +275,10 @@ impl Frontend {
         let portal = slice(bind.portal);
         let statement = slice(bind.statement);
         let formats = ResultFormats::new(slice(bind.result_formats));
+        match self.copy_statements.get(&statement) {
+            Some(spec) => self.copy_portals.insert(portal.clone(), spec.clone()),
+            None => self.copy_portals.remove(&portal),
+        };
         match self.statements.get(&statement).cloned() {
             None => out.put_slice(&msg.frame),
             Some(sites) => match self.encrypt_params(&bind, &sites) {
@@ -226,7 +330,7 @@ impl Frontend {
                         .into(),
                 ));
             }
-            return Ok(Prepared { sql: None, params: self.no_params.clone() });
+            return Ok(Prepared { sql: None, params: self.no_params.clone(), copy: None });
         };
         let analysis = sql::analyze(sql, &self.enc.registry.load())?;
         let params = if analysis.params.is_empty() {
@@ -234,8 +338,9 @@ impl Frontend {
         } else {
             param_sites(analysis.params)?
         };
+        let copy = analysis.copy.map(Arc::new);
         if analysis.literals.is_empty() {
-            return Ok(Prepared { sql: None, params });
+            return Ok(Prepared { sql: None, params, copy });
         }
         let keyring = self.enc.keyring.load();
         let mut sites: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(analysis.literals.len());
@@ -249,7 +354,7 @@ impl Frontend {
         }
         let sql = sql::rewrite::replace_literals(sql, sites)
             .ok_or_else(|| Refused("0A000", "cannot rewrite the statement".into()))?;
-        Ok(Prepared { sql: Some(sql), params })
+        Ok(Prepared { sql: Some(sql), params, copy })
     }
 
     /// Sends the refusal in place of the message and skips to Sync.
@@ -278,6 +383,8 @@ struct Prepared {
     /// The rewritten text; `None` to send the client's unchanged.
     sql: Option<String>,
     params: Arc<[ParamSite]>,
+    /// A COPY of encrypted columns.
+    copy: Option<Arc<CopySpec>>,
 }
 
 /// Parameters bound for encrypted columns, each once. A parameter bound for
@@ -305,11 +412,11 @@ fn param_sites(found: Vec<ParamSite>) -> Result<Arc<[ParamSite]>, Refused> {
     Ok(sites.into())
 }
 
-fn invalid_value(column: &str, e: codec::CodecError) -> Refused {
+pub(super) fn invalid_value(column: &str, e: codec::CodecError) -> Refused {
     Refused(INVALID_TEXT, format!("invalid input for encrypted column {column}: {e}"))
 }
 
-fn encrypt(
+pub(super) fn encrypt(
     keyring: &crate::crypto::Keyring,
     column: &sql::EncryptedColumn,
     canonical: &[u8],

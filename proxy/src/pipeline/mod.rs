@@ -26,6 +26,7 @@
 //!   way to the client.
 
 pub mod backend;
+pub mod copy;
 pub mod frontend;
 
 pub use backend::Backend;
@@ -43,7 +44,7 @@ use crate::catalog::Catalog;
 use crate::crypto::Keyring;
 use crate::keys::{self, KeysError};
 use crate::protocol::messages::ResultFormats;
-use crate::sql::{ParamSite, Registry};
+use crate::sql::{CopySpec, ParamSite, Registry};
 
 /// Frontend messages awaiting their answer, most a client may pipeline: a
 /// client past it is sending without reading.
@@ -160,13 +161,33 @@ pub enum Pending {
     Close { statement: Option<Bytes> },
     /// Sync: ReadyForQuery.
     Sync,
+    /// The Parse of a COPY TO STDOUT's source, swallowed.
+    CopyParse,
+    /// The Describe of a COPY TO STDOUT's source: its RowDescription tells
+    /// which fields of the rows to decrypt; swallowed.
+    CopyDescribe { spec: Arc<CopySpec> },
+    /// The proxy's own Sync: its ReadyForQuery is swallowed.
+    InjectedSync,
 }
 
 /// The queue between a session's two loops.
 #[derive(Debug, Default)]
-pub struct Queue(Mutex<VecDeque<Pending>>);
+pub struct Queue {
+    pending: Mutex<VecDeque<Pending>>,
+    /// The error the client gets in place of the next ErrorResponse (which
+    /// answers a CopyFail the proxy sent): SQLSTATE and message.
+    replacement: Mutex<Option<(&'static str, String)>>,
+}
 
 impl Queue {
+    pub fn replace_next_error(&self, sqlstate: &'static str, message: String) {
+        *self.replacement.lock().unwrap_or_else(|p| p.into_inner()) = Some((sqlstate, message));
+    }
+
+    fn take_replacement(&self) -> Option<(&'static str, String)> {
+        self.replacement.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Adds `p`; false when the client has more than [`MAX_PENDING`] messages
     /// unanswered.
     pub fn push(&self, p: Pending) -> bool {
@@ -179,7 +200,7 @@ impl Queue {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

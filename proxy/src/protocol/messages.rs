@@ -306,6 +306,18 @@ pub fn describe_statement(name: &[u8], out: &mut BytesMut) {
     end(out, at);
 }
 
+/// Parse and Describe of the unnamed statement `sql`, then Sync: how the
+/// result columns of a query are learnt without running it.
+pub fn describe_unnamed(sql: &str, out: &mut BytesMut) {
+    let at = begin(out, b'P');
+    put_cstr(out, b"");
+    put_cstr(out, sql.as_bytes());
+    out.put_i16(0);
+    end(out, at);
+    describe_statement(b"", out);
+    out.put_slice(&[b'S', 0, 0, 0, 4]);
+}
+
 /// Parse, Bind and Execute of the unnamed statement `sql` with no parameters,
 /// then Flush, so that its result (an error) is sent at once.
 pub fn run_unnamed(sql: &str, out: &mut BytesMut) {

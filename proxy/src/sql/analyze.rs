@@ -6,13 +6,13 @@ use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    AssignmentTarget, BinaryOperator, CopySource, Expr, FromTable, GroupByExpr, Ident, InTarget,
-    ObjectName, OnConflictAction, OnInsert, Query, Select, SelectItem, SetExpr, Statement,
-    TableFactor, TableObject, Value, Visit, Visitor,
+    AssignmentTarget, BinaryOperator, CopySource, CopyTarget, Expr, FromTable, GroupByExpr, Ident,
+    InTarget, ObjectName, OnConflictAction, OnInsert, Query, Select, SelectItem, SetExpr,
+    Statement, TableFactor, TableObject, Value, Visit, Visitor,
 };
 use sqlparser::tokenizer::Location;
 
-use super::{Analysis, EncryptedColumn, LiteralSite, ParamSite, Refusal, Registry};
+use super::{copy, Analysis, EncryptedColumn, LiteralSite, ParamSite, Refusal, Registry};
 
 /// A registered table in a statement's scope.
 struct InScope<'r> {
@@ -63,17 +63,28 @@ impl<'a, 'r> Walker<'a, 'r> {
     }
 
     pub(super) fn run(mut self, stmt: &Statement, registry: &Registry) -> Result<(), Refusal> {
-        if let Statement::Copy { source: CopySource::Table { table_name, .. }, .. } = stmt {
+        if let Statement::Copy {
+            source: CopySource::Table { table_name, columns },
+            to,
+            target,
+            options,
+            legacy_options,
+            ..
+        } = stmt
+        {
             let parts = idents(table_name);
             let table = match parts.as_slice() {
                 [t] => registry.table(None, t),
                 [s, t] => registry.table(Some(s), t),
                 _ => None,
             };
-            if table.is_some() {
-                return Err(Refusal::Unanalysable(
-                    "COPY of a table with encrypted columns is not supported yet".into(),
-                ));
+            if let Some(encrypted) = table {
+                let direction = copy::table(table_name, encrypted, columns, *to, target)?;
+                self.out.copy = Some(copy::spec(options, legacy_options, direction)?);
+                if let Some(c) = encrypted.values().next() {
+                    self.out.tables.push(format!("{}.{}", c.schema, c.table));
+                }
+                return Ok(());
             }
         }
         if self.scope.is_empty() {
@@ -163,6 +174,22 @@ impl<'a, 'r> Walker<'a, 'r> {
                     self.predicate(p)?;
                 }
                 self.returning(delete.returning.as_deref());
+                Ok(())
+            }
+            Statement::Copy {
+                source: CopySource::Query(q),
+                to: true,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => {
+                self.query(q)?;
+                if !matches!(target, CopyTarget::Stdout) {
+                    return Err(copy::server_side());
+                }
+                let direction = copy::CopyDirection::Out(q.to_string());
+                self.out.copy = Some(copy::spec(options, legacy_options, direction)?);
                 Ok(())
             }
             // A view's query reads like any other; its columns are found as
@@ -688,7 +715,7 @@ fn unsupported(c: &EncryptedColumn, reason: &str) -> Refusal {
 }
 
 /// An identifier as Postgres folds it: quoted kept, unquoted lower-cased.
-fn normal(i: &Ident) -> String {
+pub(super) fn normal(i: &Ident) -> String {
     if i.quote_style.is_some() {
         i.value.clone()
     } else {

@@ -21,6 +21,7 @@
 //! `search_path`); a session that changes `search_path` is not followed yet.
 
 mod analyze;
+pub mod copy;
 pub mod registry;
 pub mod rewrite;
 
@@ -31,6 +32,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use analyze::{LineOffsets, Walker};
+pub use copy::{CopyDirection, CopyFormat, CopySpec};
 pub use registry::{EncryptedColumn, Registry};
 
 /// What a statement does to encrypted columns.
@@ -44,6 +46,8 @@ pub struct Analysis {
     pub literals: Vec<LiteralSite>,
     /// Parameters (`$n`, zero-based here) to encrypt at Bind.
     pub params: Vec<ParamSite>,
+    /// A COPY whose rows hold encrypted columns.
+    pub copy: Option<copy::CopySpec>,
 }
 
 impl Analysis {
@@ -105,6 +109,11 @@ pub fn analyze(sql: &str, registry: &Registry) -> Result<Analysis, Refusal> {
     let mut analysis = Analysis::default();
     for stmt in &statements {
         Walker::new(registry, sql, &offsets, stmt, &mut analysis).run(stmt, registry)?;
+    }
+    if analysis.copy.is_some() && statements.len() > 1 {
+        return Err(Refusal::Unanalysable(
+            "send a COPY of encrypted columns as a statement of its own".into(),
+        ));
     }
     Ok(analysis)
 }

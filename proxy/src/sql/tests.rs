@@ -178,3 +178,43 @@ fn multibyte_text_before_a_literal_keeps_ranges_right() {
     let a = ok(sql);
     assert_eq!(&sql[a.literals[0].range.clone()], "'x'");
 }
+
+#[test]
+fn copy_of_encrypted_columns_is_described_for_the_pipeline() {
+    let a = ok("COPY customers (name, ssn) FROM STDIN WITH (FORMAT csv, HEADER, DELIMITER ';')");
+    let spec = a.copy.unwrap();
+    assert_eq!((spec.format, spec.delimiter, spec.header), (CopyFormat::Csv, b';', true));
+    assert_eq!((spec.quote, spec.escape, spec.null.as_slice()), (b'"', b'"', &b""[..]));
+    let CopyDirection::In(fields) = spec.direction else { panic!("not COPY IN") };
+    let names: Vec<Option<&str>> =
+        fields.iter().map(|f| f.as_ref().map(|c| c.name.as_str())).collect();
+    assert_eq!(names, [None, Some("public.customers.ssn")]);
+
+    let spec = ok("COPY customers TO STDOUT").copy.unwrap();
+    assert_eq!(
+        (spec.format, spec.delimiter, spec.null.as_slice()),
+        (CopyFormat::Text, b'\t', &b"\\N"[..])
+    );
+    assert!(matches!(&spec.direction, CopyDirection::Out(q) if q == "SELECT * FROM customers"));
+    let spec =
+        ok("COPY (SELECT name, ssn FROM customers WHERE ssn = 'x') TO STDOUT CSV").copy.unwrap();
+    assert!(
+        matches!(&spec.direction, CopyDirection::Out(q) if q.starts_with("SELECT name, ssn FROM customers"))
+    );
+    // A COPY of a table without encrypted columns needs nothing.
+    assert!(ok("COPY orders FROM STDIN").copy.is_none());
+}
+
+#[test]
+fn copy_the_proxy_cannot_rewrite_is_refused() {
+    for sql in [
+        "COPY customers (ssn) FROM '/tmp/data'",
+        "COPY customers TO PROGRAM 'cat'",
+        "COPY customers (ssn) TO STDOUT (FORMAT binary)",
+        "COPY customers (ssn) FROM STDIN; SELECT 1",
+        "COPY (SELECT lower(ssn) FROM customers) TO STDOUT",
+        "COPY customers (ssn) FROM STDIN (FORCE_NULL (ssn), FORMAT csv)",
+    ] {
+        assert!(!refused(sql).is_empty(), "{sql}");
+    }
+}
