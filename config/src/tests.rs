@@ -134,8 +134,16 @@ fn shipped_examples_are_valid() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(&path).unwrap();
-            if let Err(e) = load_str(&text, no_env()) {
-                panic!("{} is invalid: {e}", path.display());
+            // Secrets come from the operator's environment, which this test
+            // does not have; the check-config test in integration/ sets them.
+            match load_str(&text, no_env()) {
+                Ok(_) => {}
+                Err(ConfigError::Invalid(problems)) => {
+                    let real: Vec<&String> =
+                        problems.iter().filter(|p| !p.contains("is not set")).collect();
+                    assert!(real.is_empty(), "{} is invalid: {real:?}", path.display());
+                }
+                Err(e) => panic!("{} is invalid: {e}", path.display()),
             }
             seen += 1;
         }
