@@ -98,6 +98,11 @@ impl LogicalType {
         }
     }
 
+    /// The logical type with Postgres type OID `oid`, if any.
+    pub fn from_oid(oid: u32) -> Option<LogicalType> {
+        Self::ALL.into_iter().find(|t| t.oid() == oid)
+    }
+
     /// The type's fixed size in RowDescription (`typlen`), -1 for variable.
     pub const fn type_size(self) -> i16 {
         match self {

@@ -745,3 +745,49 @@ async fn a_copy_with_an_invalid_value_fails_whole_with_22p02() {
     let e = proxy.simple_query("COPY customers (ssn) FROM '/etc/hostname'").await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
 }
+
+/// The tables of [`SCHEMA`] with the real types in place of bytea.
+const PLAIN_SCHEMA: &str = "
+CREATE TABLE customers (id serial PRIMARY KEY, name text, ssn text, card text);
+CREATE TABLE every_type (id int PRIMARY KEY,
+  t text, vc varchar, c bpchar, i2 int2, i4 int4, i8 int8, num numeric, f4 float4, f8 float8,
+  b bool, d date, ts timestamp, tstz timestamptz, u uuid, j json, jb jsonb, by bytea);
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_cannot_tell_encrypted_columns_from_plain_ones() {
+    let interpreter = pgwarden_integration::python::interpreter();
+    let env = start().await;
+    env.pg.psql("postgres", "CREATE DATABASE plain").unwrap();
+    env.pg.psql("plain", PLAIN_SCHEMA).unwrap();
+    let run = |url: String| {
+        let interpreter = interpreter.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(interpreter)
+                .arg(pgwarden_integration::python::script("psycopg_encrypted.py"))
+                .arg(url)
+                .env("PYTHONIOENCODING", "utf-8")
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                .output()
+                .unwrap()
+        })
+    };
+    let via = run(env.proxy_url(roles::SCRAM, "postgres")).await.unwrap();
+    let direct = run(env.direct_url(roles::SCRAM, "plain")).await.unwrap();
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        direct.status.success(),
+        "the script fails even against plain columns:\n{}{}",
+        text(&direct),
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    for (i, (a, b)) in text(&via).lines().zip(text(&direct).lines()).enumerate() {
+        assert_eq!(a, b, "line {} differs (left: through pgwarden, right: plain)", i + 1);
+    }
+    assert_eq!(text(&via).lines().count(), text(&direct).lines().count());
+    assert!(via.status.success(), "{}", String::from_utf8_lossy(&via.stderr));
+    // The values really are encrypted in Postgres.
+    let direct_client = env.direct_client().await;
+    let stored = rows(&direct_client, "SELECT ssn FROM customers WHERE name = 'Ann'").await;
+    assert!(stored[0][0].as_deref().unwrap().starts_with("\\x5057"));
+}

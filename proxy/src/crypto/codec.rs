@@ -94,6 +94,27 @@ pub fn canonicalize(
     }
 }
 
+/// The canonical form for a column of type `ty` of a value the client sent
+/// as type `declared` (its Parse said so): a binary value is read in the
+/// declared type's format and converted through its text form, as a cast
+/// would. Text values read the same whatever was declared.
+pub fn canonicalize_as(
+    ty: LogicalType,
+    declared: Option<LogicalType>,
+    format: Format,
+    input: &[u8],
+) -> Result<Cow<'_, [u8]>, CodecError> {
+    match (format, declared) {
+        (Format::Binary, Some(d)) if d != ty => {
+            let canonical = canonicalize_binary(d, input)?;
+            let mut text = Vec::with_capacity(canonical.len() + 2);
+            to_text(d, &canonical, &mut text)?;
+            Ok(Cow::Owned(canonicalize_text(ty, &text)?.into_owned()))
+        }
+        _ => canonicalize(ty, format, input),
+    }
+}
+
 /// The canonical form of a value sent in text format.
 pub fn canonicalize_text(ty: LogicalType, input: &[u8]) -> Result<Cow<'_, [u8]>, CodecError> {
     use datetime::Kind;

@@ -162,7 +162,7 @@ impl Backend {
                         let mut oids = messages::parameter_description(body).ok_or(Malformed)?;
                         for p in params.iter() {
                             if let Some(oid) = oids.get_mut(p.index) {
-                                *oid = p.column.logical_type.oid();
+                                *oid = p.reported_oid();
                             }
                         }
                         messages::encode_parameter_description(&oids, out);

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::copy::CopyIn;
-use super::{raise, Encryption, Pending, Queue};
-use crate::crypto::{codec, Format, Mode};
+use super::{raise, BoundParam, Encryption, Pending, Queue};
+use crate::crypto::{codec, Format, LogicalType, Mode};
 use crate::protocol::messages::{self, Bind, Parse, Reader, ResultFormats};
 use crate::protocol::Message;
 use crate::sql::{self, CopyDirection, CopySpec, ParamSite, Refusal};
@@ -34,11 +34,12 @@ impl From<Refusal> for Refused {
 pub struct Frontend {
     enc: Arc<Encryption>,
     /// Prepared statements with parameters bound for encrypted columns.
-    statements: HashMap<Bytes, Arc<[ParamSite]>>,
+    statements: HashMap<Bytes, Arc<[BoundParam]>>,
     /// After a refusal inside an extended-protocol batch: drop everything up
     /// to Sync, as Postgres does after an error.
     skipping: bool,
     no_params: Arc<[ParamSite]>,
+    no_bound: Arc<[BoundParam]>,
     /// Prepared COPY FROM STDIN statements into encrypted columns, and the
     /// portals bound from them.
     copy_statements: HashMap<Bytes, Arc<CopySpec>>,
@@ -58,6 +59,7 @@ impl Frontend {
             statements: HashMap::new(),
             skipping: false,
             no_params: Arc::new([]),
+            no_bound: Arc::new([]),
             copy_statements: HashMap::new(),
             copy_portals: HashMap::new(),
             copy_in: None,
@@ -108,7 +110,7 @@ impl Frontend {
                     Some((b'S', name)) => {
                         let name = msg.frame.slice(6..6 + name.len().saturating_sub(1));
                         let params = self.statements.get(&name).cloned();
-                        let params = params.unwrap_or_else(|| self.no_params.clone());
+                        let params = params.unwrap_or_else(|| self.no_bound.clone());
                         Pending::DescribeStatement { name, params, injected: false }
                     }
                     // Postgres answers a malformed Describe with an error.
@@ -244,7 +246,19 @@ impl Frontend {
                     let query = sql.as_deref().map_or(parse.query, str::as_bytes);
                     parse.encode(query, out);
                 }
-                sites
+                if sites.is_empty() {
+                    self.no_bound.clone()
+                } else {
+                    let declared = |i: usize| parse.param_types.get(i).copied().unwrap_or(0);
+                    sites
+                        .iter()
+                        .map(|s| BoundParam {
+                            index: s.index,
+                            column: s.column.clone(),
+                            declared_oid: declared(s.index),
+                        })
+                        .collect()
+                }
             }
             Err(refused) => return self.refuse(refused, queue, out),
         };
@@ -293,7 +307,7 @@ impl Frontend {
     fn encrypt_params(
         &self,
         bind: &Bind<'_>,
-        sites: &[ParamSite],
+        sites: &[BoundParam],
     ) -> Result<messages::Replaced, Refused> {
         let keyring = self.enc.keyring.load();
         let mut values = Vec::with_capacity(sites.len());
@@ -308,7 +322,8 @@ impl Frontend {
                 Refused("08P01", format!("invalid format code for parameter ${}", site.index + 1))
             })?;
             let column = &site.column;
-            let canonical = codec::canonicalize(column.logical_type, format, value)
+            let declared = LogicalType::from_oid(site.declared_oid);
+            let canonical = codec::canonicalize_as(column.logical_type, declared, format, value)
                 .map_err(|e| invalid_value(&column.name, e))?;
             let mut envelope = Vec::new();
             encrypt(&keyring, column, &canonical, &mut envelope)?;

@@ -44,7 +44,7 @@ use crate::catalog::Catalog;
 use crate::crypto::Keyring;
 use crate::keys::{self, KeysError};
 use crate::protocol::messages::ResultFormats;
-use crate::sql::{CopySpec, ParamSite, Registry};
+use crate::sql::{CopySpec, EncryptedColumn, Registry};
 
 /// Frontend messages awaiting their answer, most a client may pipeline: a
 /// client past it is sending without reading.
@@ -151,7 +151,7 @@ pub enum Pending {
     Bind { portal: Bytes, statement: Bytes, formats: ResultFormats, injected: bool },
     /// Describe of a statement: ParameterDescription, then RowDescription or
     /// NoData. `params`: the parameters bound for encrypted columns.
-    DescribeStatement { name: Bytes, params: Arc<[ParamSite]>, injected: bool },
+    DescribeStatement { name: Bytes, params: Arc<[BoundParam]>, injected: bool },
     /// Describe of a portal: RowDescription or NoData.
     DescribePortal,
     /// Execute: DataRows, then CommandComplete, PortalSuspended,
@@ -168,6 +168,29 @@ pub enum Pending {
     CopyDescribe { spec: Arc<CopySpec> },
     /// The proxy's own Sync: its ReadyForQuery is swallowed.
     InjectedSync,
+}
+
+/// A parameter of a prepared statement bound for an encrypted column.
+#[derive(Debug, Clone)]
+pub struct BoundParam {
+    /// Zero-based.
+    pub index: usize,
+    pub column: Arc<EncryptedColumn>,
+    /// The type OID the client declared in Parse (0: none). Binary values
+    /// come in its format, and ParameterDescription reports it back.
+    pub declared_oid: u32,
+}
+
+impl BoundParam {
+    /// The type ParameterDescription reports: the declared one, else the
+    /// column's logical type.
+    pub fn reported_oid(&self) -> u32 {
+        if self.declared_oid != 0 {
+            self.declared_oid
+        } else {
+            self.column.logical_type.oid()
+        }
+    }
 }
 
 /// The queue between a session's two loops.

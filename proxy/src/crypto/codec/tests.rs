@@ -362,3 +362,21 @@ fn floats_round_trip_bit_for_bit_through_text_and_binary() {
         assert_round_trips(Float4, special);
     }
 }
+
+#[test]
+fn binary_values_of_a_declared_type_convert_like_a_cast() {
+    use super::{canonicalize_as, Format};
+    let int4 = canonicalize_as(LogicalType::Int4, Some(LogicalType::Int2), Format::Binary, &[0, 7]);
+    assert_eq!(int4.unwrap().as_ref(), b"7");
+    let bytes = (-123i64).to_be_bytes();
+    let num =
+        canonicalize_as(LogicalType::Numeric, Some(LogicalType::Int8), Format::Binary, &bytes);
+    assert_eq!(num.unwrap().as_ref(), b"-123");
+    // Out of the column type's range: refused like Postgres' cast.
+    let bytes = 70_000i64.to_be_bytes();
+    let big = canonicalize_as(LogicalType::Int2, Some(LogicalType::Int8), Format::Binary, &bytes);
+    assert!(big.is_err());
+    // Text reads the same whatever was declared.
+    let text = canonicalize_as(LogicalType::Int4, Some(LogicalType::Int8), Format::Text, b"007");
+    assert_eq!(text.unwrap().as_ref(), b"7");
+}
