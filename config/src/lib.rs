@@ -13,6 +13,7 @@
 //! Unknown keys are errors. They are collected with `serde_ignored` rather than
 //! `deny_unknown_fields`, because the latter stops at the first one.
 
+mod access;
 mod columns;
 mod load;
 mod logical_type;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use access::{Access, AccessLevel, ColumnPattern, Mask, Policy};
 pub use columns::{Classification, Column, ColumnMode, Keys, LogicalType, COMPLIANCE_FRAMEWORKS};
 pub use load::{load_file, load_str, ConfigError};
 pub use logical_type::UnknownType;
@@ -48,6 +50,12 @@ pub struct Config {
     /// and decrypts them for sessions on that database, and does not start if
     /// it cannot load their keys or find them. Needs a restart.
     pub columns: Vec<Column>,
+    /// What a role gets of an encrypted column no policy names it for.
+    pub access: Access,
+    /// What each login role gets of each encrypted column: full, masked,
+    /// ciphertext or deny, and whether it may write it. SIGHUP applies them
+    /// from the next statement of every session.
+    pub policies: Vec<Policy>,
     /// The admin HTTP endpoints: Prometheus metrics, liveness, readiness.
     pub metrics: Metrics,
 }
@@ -313,6 +321,7 @@ impl Config {
             );
         }
         columns::validate(&self.keys, &self.columns, &mut problems);
+        access::validate(&self.access, &self.policies, &self.columns, &mut problems);
         policy::validate(
             &self.network,
             &self.limits,
