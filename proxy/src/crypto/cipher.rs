@@ -35,6 +35,7 @@ use super::keyring::DataKey;
 const RANDOMIZED_KEY_LABEL: &[u8] = b"pgwarden v1 randomized key";
 const DETERMINISTIC_KEY_LABEL: &[u8] = b"pgwarden v1 deterministic key";
 const DETERMINISTIC_NONCE_LABEL: &[u8] = b"pgwarden deterministic nonce";
+const MASK_HASH_LABEL: &[u8] = b"pgwarden v1 mask hash key";
 
 /// Encrypts and decrypts column values under one data key, in either mode.
 /// `Send + Sync`; the AES key schedules are zeroized on drop.
@@ -45,6 +46,10 @@ pub struct ColumnCipher {
     deterministic: Aes256GcmSiv,
     /// The deterministic mode's nonce: fixed per key, derived once.
     deterministic_nonce: [u8; NONCE_LEN],
+    /// The `hash` mask's HMAC, keyed once with
+    /// `HMAC-SHA256(K, "pgwarden v1 mask hash key")`: masked values join and
+    /// group, and reveal nothing without the key.
+    mask_hash: Hmac<Sha256>,
 }
 
 impl ColumnCipher {
@@ -53,6 +58,8 @@ impl ColumnCipher {
         let randomized_key = derive(key.expose(), RANDOMIZED_KEY_LABEL);
         let deterministic_key = derive(key.expose(), DETERMINISTIC_KEY_LABEL);
         let nonce = derive(key.expose(), DETERMINISTIC_NONCE_LABEL);
+        let mut mask_key = Zeroizing::new([0u8; 64]);
+        mask_key[..32].copy_from_slice(&*derive(key.expose(), MASK_HASH_LABEL));
         let mut deterministic_nonce = [0u8; NONCE_LEN];
         deterministic_nonce.copy_from_slice(&nonce[..NONCE_LEN]);
         Self {
@@ -60,7 +67,18 @@ impl ColumnCipher {
             randomized: Aes256Gcm::new(&(*randomized_key).into()),
             deterministic: Aes256GcmSiv::new(&(*deterministic_key).into()),
             deterministic_nonce,
+            mask_hash: <Hmac<Sha256> as KeyInit>::new(&(*mask_key).into()),
         }
+    }
+
+    /// The `hash` mask of a value's text: HMAC-SHA256 under this key's mask
+    /// key, the same for the same text.
+    pub fn mask_hash(&self, text: &[u8]) -> [u8; 32] {
+        let mut mac = self.mask_hash.clone();
+        mac.update(text);
+        let mut out = [0u8; 32];
+        mac.finalize_into((&mut out).into());
+        out
     }
 
     /// The data-key id this cipher writes into envelopes.
