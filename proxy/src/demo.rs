@@ -51,6 +51,29 @@ mode = "randomized"
 key = "pci"
 classification = "restricted"
 compliance = ["PCI_DSS"]
+
+# app sees everything; support sees masks, and may not change either column.
+[access]
+default = "deny"
+
+[[policies]]
+roles = ["app"]
+columns = ["public.customers.*"]
+access = "full"
+
+[[policies]]
+roles = ["support"]
+columns = ["public.customers.ssn"]
+access = "masked"
+mask = "partial(0, '***-**-', 4)"
+write = false
+
+[[policies]]
+roles = ["support"]
+columns = ["public.customers.card_number"]
+access = "masked"
+mask = "last4"
+write = false
 "#;
 
 pub fn run(port: Option<u16>) -> anyhow::Result<()> {
@@ -111,7 +134,7 @@ pub fn run(port: Option<u16>) -> anyhow::Result<()> {
              Connect through pgwarden (password `{DEMO_PASSWORD}`, roles `app` and `support`):\n\
              \n    psql \"postgresql://app:{DEMO_PASSWORD}@127.0.0.1:{port}/shop\"\n\n\
              and try:\n\
-             \n    SELECT * FROM customers;                          -- plaintext\
+             \n    SELECT * FROM customers;                          -- plaintext for app\
              \n    SELECT name FROM customers WHERE ssn = '987-65-4321';\
              \n    INSERT INTO customers (name, email, ssn, card_number)\
              \n        VALUES ('Edsger Dijkstra', 'ed@example.com', '111-22-3333', '4000056655665556');\
@@ -119,8 +142,9 @@ pub fn run(port: Option<u16>) -> anyhow::Result<()> {
              Then look at what Postgres itself stores, bypassing pgwarden:\n\
              \n    psql \"postgresql://app:{DEMO_PASSWORD}@127.0.0.1:{pg_port}/shop\" \
              -c 'SELECT name, ssn, card_number FROM customers'\n\n\
-             Both roles see plaintext for now; per-role masking comes with access \
-             policies.\n\n\
+             As `support`, the same SELECT shows `***-**-6789` and `************1111`, \
+             and writing either column\nis refused (42501):\n\
+             \n    psql \"postgresql://support:{DEMO_PASSWORD}@127.0.0.1:{port}/shop\"\n\n\
              Press Ctrl-C to stop pgwarden and remove the database and its keys.",
             pg_port = pg.port()
         );

@@ -1,10 +1,12 @@
 //! pgwarden: a PostgreSQL wire-protocol proxy that applications connect to instead
 //! of Postgres.
 //!
-//! This version is the transparent foundation: it relays every message between
-//! client and Postgres unchanged, except for what a proxy must own itself (the
-//! cancel keys, the SSL/GSSAPI negotiation, SCRAM channel binding), and it
-//! refuses malformed input without harming other clients.
+//! It relays every message between client and Postgres unchanged, except for
+//! what a proxy must own itself (the cancel keys, the SSL/GSSAPI negotiation,
+//! SCRAM channel binding) and what its policies change: registered columns are
+//! encrypted on the way in and decrypted, masked or refused on the way out
+//! ([`pipeline`]), per login role ([`access`]). It refuses malformed input
+//! without harming other clients.
 //!
 //! # Layout
 //! One module per stage of a connection's life:
@@ -16,7 +18,8 @@
 //! - [`session`]: the two message loops;
 //! - [`upstream`]: connecting to Postgres.
 //!
-//! Beside them: [`protocol`] (framing, the messages we build), [`sql`] (what a
+//! Beside them: [`access`] (what each role sees of each encrypted column, and
+//! the masks), [`protocol`] (framing, the messages we build), [`sql`] (what a
 //! statement does to encrypted columns), [`error`] (the
 //! one place errors become SQLSTATEs for clients), [`cancel`] (cancel-key map),
 //! [`cluster`] (throwaway local Postgres for the demo, tests and benchmarks),
@@ -26,6 +29,7 @@
 //! [`keys`] (the key and column registry in the database), [`catalog`] (table
 //! OID and attribute number of each encrypted column), [`cli`] and [`demo`].
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod cancel;

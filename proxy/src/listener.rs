@@ -119,6 +119,9 @@ impl ProxyHandle {
         keep!(upstream.admin_database, "upstream.admin_database");
         let tls = crate::tls::acceptor(&new.listen).map_err(|e| vec![e])?;
         self.shared.tls.store(tls.map(Arc::new));
+        if let Some(enc) = &self.shared.encryption {
+            enc.access.store(Arc::new(crate::access::AccessPolicy::new(&new)));
+        }
         self.shared.config.store(Arc::new(new));
         Ok(restart)
     }

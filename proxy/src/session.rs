@@ -271,9 +271,11 @@ where
         // Columns are registered in one database; sessions on others pass through.
         let encryption =
             shared.encryption.as_ref().filter(|e| e.database == startup.database()).cloned();
-        Ok((urd, uwr, registration, slot, encryption))
+        // The policy identity: the login role, whatever SET ROLE does later.
+        let role: Arc<str> = Arc::from(startup.user());
+        Ok((urd, uwr, registration, slot, encryption, role))
     };
-    let (mut urd, mut uwr, registration, _slot, encryption) = tokio::select! {
+    let (mut urd, mut uwr, registration, _slot, encryption, role) = tokio::select! {
         r = tokio::time::timeout(listen.handshake_timeout.get(), handshake) => match r {
             Ok(Ok(established)) => established,
             Ok(Err(end)) if unreachable => return (end, ConnectionOutcome::UpstreamUnreachable),
@@ -298,8 +300,8 @@ where
         queue: Queue::default(),
     };
     let max_row = listen.max_message_bytes as usize;
-    let mut frontend = encryption.clone().map(|e| Frontend::new(e, max_row));
-    let mut backend = encryption.map(Backend::new);
+    let mut frontend = encryption.clone().map(|e| Frontend::new(e, max_row, role.clone()));
+    let mut backend = encryption.map(|e| Backend::new(e, role));
     let end = tokio::select! {
         biased;
         end = client_to_upstream(

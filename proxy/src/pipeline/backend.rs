@@ -9,8 +9,11 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use zeroize::Zeroize;
 
+use pgwarden_config::{AccessLevel, Mask};
+
 use super::copy::CopyOut;
 use super::{Encryption, Pending, Queue};
+use crate::access::mask;
 use crate::crypto::{codec, Format};
 use crate::protocol::messages::{self, ResultFormats};
 use crate::protocol::{self, Message};
@@ -18,6 +21,10 @@ use crate::sql::{CopySpec, EncryptedColumn};
 
 /// SQLSTATE of a stored value that does not decrypt.
 const DATA_CORRUPTED: &str = "XX001";
+/// SQLSTATE of a column the role's policy denies.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// Type OID of text, which masked columns are reported as.
+const TEXT_OID: u32 = 25;
 
 /// Command tags after which the catalog is read again.
 const DDL_TAGS: &[&[u8]] = &[
@@ -47,12 +54,25 @@ pub enum Answer {
 #[derive(Debug, Clone, Copy)]
 pub struct Malformed;
 
-/// An encrypted column in a result: its position and format.
+/// An encrypted column in a result: its position and format, and what the
+/// role gets of it.
 #[derive(Debug, Clone)]
 struct PlanField {
     index: usize,
     column: Arc<EncryptedColumn>,
     format: Format,
+    action: Action,
+}
+
+/// What becomes of an encrypted column's values in a result. Ciphertext
+/// access needs nothing: the envelope goes out as the bytea it is.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Decrypt,
+    Mask(Arc<Mask>),
+    /// Analysis refuses statements that read a denied column; this is the
+    /// backstop for what it could not see.
+    Deny,
 }
 
 /// The encrypted columns of a result, by position; empty for most results.
@@ -64,6 +84,8 @@ type Sources = Arc<[(usize, Arc<EncryptedColumn>)]>;
 /// One session's backend side.
 pub struct Backend {
     enc: Arc<Encryption>,
+    /// The login role: whose policy applies.
+    role: Arc<str>,
     /// Result columns of prepared statements, learned from their Describe.
     statements: HashMap<Bytes, Sources>,
     /// The plan of each bound portal.
@@ -96,10 +118,11 @@ impl Drop for Backend {
 }
 
 impl Backend {
-    pub fn new(enc: Arc<Encryption>) -> Self {
+    pub fn new(enc: Arc<Encryption>, role: Arc<str>) -> Self {
         let empty: Plan = Arc::new([]);
         Self {
             enc,
+            role,
             statements: HashMap::new(),
             portals: HashMap::new(),
             current: empty.clone(),
@@ -173,12 +196,25 @@ impl Backend {
             b'T' => {
                 let mut fields = messages::row_description(body).ok_or(Malformed)?;
                 let catalog = self.enc.catalog.load();
+                let access = self.enc.access.load();
                 let mut sources = Vec::new();
+                let mut denied = None;
                 for (i, f) in fields.iter_mut().enumerate() {
                     if let Some(c) = catalog.column(f.table_oid, f.attnum) {
-                        f.type_oid = c.logical_type.oid();
-                        f.type_len = c.logical_type.type_size();
-                        f.type_mod = -1;
+                        match access.resolve(&self.role, c).level {
+                            AccessLevel::Full => {
+                                f.type_oid = c.logical_type.oid();
+                                f.type_len = c.logical_type.type_size();
+                                f.type_mod = -1;
+                            }
+                            AccessLevel::Masked => {
+                                f.type_oid = TEXT_OID;
+                                f.type_len = -1;
+                                f.type_mod = -1;
+                            }
+                            AccessLevel::Ciphertext => {}
+                            AccessLevel::Deny => denied = denied.or(Some(c.clone())),
+                        }
                         sources.push((i, c.clone()));
                     }
                 }
@@ -197,12 +233,14 @@ impl Backend {
                         q.pop_front();
                     }
                     Some(Pending::Simple) => {
+                        if let Some(c) = denied.filter(|_| forward) {
+                            self.deny(&c, out);
+                            return Ok(Answer::Relayed);
+                        }
                         self.current = sources
                             .into_iter()
-                            .map(|(index, column)| PlanField {
-                                format: format(fields[index].format),
-                                index,
-                                column,
+                            .filter_map(|(index, column)| {
+                                self.field(index, column, format(fields[index].format))
                             })
                             .collect();
                     }
@@ -245,7 +283,23 @@ impl Backend {
             }
             b'H' => {
                 if let Some((spec, sources)) = self.copy_source.take() {
-                    self.copy_out = Some(CopyOut::new(spec, sources));
+                    let fields: Vec<(usize, Arc<EncryptedColumn>, Action)> = sources
+                        .iter()
+                        .filter_map(|(i, c)| {
+                            let f = self.field(*i, c.clone(), Format::Text)?;
+                            Some((f.index, f.column, f.action))
+                        })
+                        .collect();
+                    if let Some((_, c, _)) = fields
+                        .iter()
+                        .find(|(_, _, a)| matches!(a, Action::Deny))
+                        .filter(|_| forward)
+                    {
+                        let c = c.clone();
+                        self.deny(&c, out);
+                        return Ok(Answer::Relayed);
+                    }
+                    self.copy_out = Some(CopyOut::new(spec, fields.into()));
                 }
             }
             b'd' if forward && self.copy_out.is_some() => {
@@ -281,6 +335,7 @@ impl Backend {
                     q.pop_front();
                 }
             }
+            b'E' if matches!(q.front(), Some(Pending::InjectedAbort)) => forward = false,
             b'E' => {
                 self.copy_out = None;
                 if let Some((sqlstate, message)) = queue.take_replacement() {
@@ -298,7 +353,7 @@ impl Backend {
                     }
                 }
             }
-            b'Z' if matches!(q.front(), Some(Pending::InjectedSync)) => {
+            b'Z' if matches!(q.front(), Some(Pending::InjectedSync | Pending::InjectedAbort)) => {
                 q.pop_front();
                 return Ok(Answer::OwnReady);
             }
@@ -310,8 +365,14 @@ impl Backend {
                     }
                 }
                 forward = true;
-                self.poisoned = false;
                 self.current = self.empty.clone();
+                if std::mem::take(&mut self.poisoned) && body == b"T" {
+                    // The client got an error inside a transaction that
+                    // Postgres still thinks healthy: it is failed now.
+                    queue.request_abort();
+                    out.put_slice(&[b'Z', 0, 0, 0, 5, b'E']);
+                    return Ok(Answer::Relayed);
+                }
                 if body == b"I" {
                     // Outside a transaction no portal survives.
                     self.portals.clear();
@@ -341,19 +402,45 @@ impl Backend {
         }
     }
 
-    /// The plan of a portal bound from `statement` with result `formats`.
+    /// The plan of a portal bound from `statement` with result `formats`,
+    /// under the policy in force now.
     fn plan(&self, statement: &Bytes, formats: &ResultFormats) -> Plan {
         match self.statements.get(statement) {
             Some(sources) if !sources.is_empty() => sources
                 .iter()
-                .map(|(index, column)| PlanField {
-                    index: *index,
-                    column: column.clone(),
-                    format: format(formats.get(*index)),
+                .filter_map(|(index, column)| {
+                    self.field(*index, column.clone(), format(formats.get(*index)))
                 })
                 .collect(),
             _ => self.empty.clone(),
         }
+    }
+
+    /// What the role gets of `column` at `index`; `None` when its values go
+    /// out as they are stored (ciphertext access).
+    fn field(
+        &self,
+        index: usize,
+        column: Arc<EncryptedColumn>,
+        format: Format,
+    ) -> Option<PlanField> {
+        let grant = self.enc.access.load().resolve(&self.role, &column).clone();
+        let action = match grant.level {
+            AccessLevel::Full => Action::Decrypt,
+            AccessLevel::Masked => Action::Mask(grant.mask.unwrap_or_else(|| Arc::new(Mask::Null))),
+            AccessLevel::Ciphertext => return None,
+            AccessLevel::Deny => Action::Deny,
+        };
+        Some(PlanField { index, column, format, action })
+    }
+
+    /// The backstop for a result that shows a denied column: the client gets
+    /// 42501 in its place, and the rest of the answer is dropped.
+    fn deny(&mut self, column: &EncryptedColumn, out: &mut BytesMut) {
+        let message = crate::access::denied_message(&self.role, &column.name);
+        tracing::info!(column = %column.name, "result refused: column denied to the role");
+        out.put_slice(&protocol::error_response("ERROR", INSUFFICIENT_PRIVILEGE, &message));
+        self.poisoned = true;
     }
 
     /// Appends the DataRow `body` with its encrypted values decrypted, or, if
@@ -374,6 +461,12 @@ impl Backend {
             let value = r.value().ok_or(Malformed)?;
             let field = next.next_if(|f| f.index == i);
             match (value, field) {
+                (_, Some(f)) if matches!(f.action, Action::Deny) => {
+                    out.truncate(at);
+                    let column = f.column.clone();
+                    self.deny(&column, out);
+                    return Ok(());
+                }
                 (Some(v), Some(f)) => {
                     if let Err(message) = self.decrypt(v, f) {
                         out.truncate(at);
@@ -381,6 +474,20 @@ impl Backend {
                         out.put_slice(&protocol::error_response("ERROR", DATA_CORRUPTED, &message));
                         self.poisoned = true;
                         return Ok(());
+                    }
+                    if let Action::Mask(m) = &f.action {
+                        let keyring = self.enc.keyring.load();
+                        let hash = |t: &[u8]| {
+                            keyring.readable(&f.column.key).first().map(|c| c.mask_hash(t))
+                        };
+                        if mask::apply(m, &self.encoded, hash, &mut self.plain) {
+                            out.put_i32(self.plain.len() as i32);
+                            out.put_slice(&self.plain);
+                        } else {
+                            out.put_i32(-1);
+                        }
+                        self.plain.zeroize();
+                        continue;
                     }
                     out.put_i32(self.encoded.len() as i32);
                     out.put_slice(&self.encoded);
@@ -396,7 +503,8 @@ impl Backend {
         Ok(())
     }
 
-    /// Decrypts one stored value into `self.encoded`, in the field's format.
+    /// Decrypts one stored value into `self.encoded`, in the field's format
+    /// (text, for a value to be masked).
     fn decrypt(&mut self, stored: &[u8], f: &PlanField) -> Result<(), String> {
         let c = &f.column;
         let envelope = match f.format {
@@ -415,7 +523,11 @@ impl Backend {
             .map_err(|e| format!("column {}: {e}", c.name))?;
         self.encoded.zeroize();
         self.encoded.clear();
-        codec::encode(c.logical_type, f.format, &self.plain, &mut self.encoded)
+        let shown = match f.action {
+            Action::Mask(_) => Format::Text,
+            _ => f.format,
+        };
+        codec::encode(c.logical_type, shown, &self.plain, &mut self.encoded)
             .map_err(|e| format!("column {}: {e}", c.name))?;
         self.plain.zeroize();
         Ok(())

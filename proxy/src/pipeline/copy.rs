@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
+use super::backend::Action;
 use super::frontend::{encrypt, invalid_value, Refused};
+use crate::access::mask;
 use crate::crypto::{codec, Format, Keyring};
 use crate::protocol::messages;
 use crate::sql::{CopyFormat, CopySpec, EncryptedColumn};
@@ -329,8 +331,9 @@ impl CopyIn {
 /// encrypted columns decrypted.
 pub struct CopyOut {
     spec: Arc<CopySpec>,
-    /// The encrypted columns among the fields, by position.
-    sources: Arc<[(usize, Arc<EncryptedColumn>)]>,
+    /// The encrypted columns among the fields, by position, with what the
+    /// role gets of each (ciphertext fields are not among them).
+    sources: Arc<[(usize, Arc<EncryptedColumn>, Action)]>,
     header: bool,
     ranges: Vec<Range<usize>>,
     scratch: Vec<u8>,
@@ -350,7 +353,7 @@ impl Drop for CopyOut {
 }
 
 impl CopyOut {
-    pub fn new(spec: Arc<CopySpec>, sources: Arc<[(usize, Arc<EncryptedColumn>)]>) -> Self {
+    pub fn new(spec: Arc<CopySpec>, sources: Arc<[(usize, Arc<EncryptedColumn>, Action)]>) -> Self {
         Self {
             header: spec.header,
             spec,
@@ -385,7 +388,7 @@ impl CopyOut {
                 self.row.push(self.spec.delimiter);
             }
             let raw = &body[r.clone()];
-            let Some((_, column)) = next.next_if(|(index, _)| *index == i) else {
+            let Some((_, column, action)) = next.next_if(|(index, _, _)| *index == i) else {
                 self.row.extend_from_slice(raw);
                 continue;
             };
@@ -400,7 +403,20 @@ impl CopyOut {
             self.text.clear();
             codec::encode(column.logical_type, Format::Text, &self.plain, &mut self.text)
                 .map_err(|e| fail(&e))?;
-            put_field(&self.spec, &self.text, &mut self.row);
+            match action {
+                Action::Decrypt => put_field(&self.spec, &self.text, &mut self.row),
+                Action::Mask(m) => {
+                    let hash =
+                        |t: &[u8]| keyring.readable(&column.key).first().map(|c| c.mask_hash(t));
+                    if mask::apply(m, &self.text, hash, &mut self.plain) {
+                        put_field(&self.spec, &self.plain, &mut self.row);
+                    } else {
+                        self.row.extend_from_slice(&self.spec.null);
+                    }
+                }
+                // Refused before the first row; never shown.
+                Action::Deny => self.row.extend_from_slice(&self.spec.null),
+            }
         }
         self.row.extend_from_slice(eol);
         copy_data(&self.row, out);

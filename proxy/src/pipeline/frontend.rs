@@ -14,12 +14,14 @@ use super::{raise, BoundParam, Encryption, Pending, Queue};
 use crate::crypto::{codec, Format, LogicalType, Mode};
 use crate::protocol::messages::{self, Bind, Parse, Reader, ResultFormats};
 use crate::protocol::Message;
-use crate::sql::{self, CopyDirection, CopySpec, ParamSite, Refusal};
+use crate::sql::{self, CopyDirection, CopySpec, EncryptedColumn, ParamSite, Refusal};
 
 /// SQLSTATE of a value that is not valid for its column's logical type.
 const INVALID_TEXT: &str = "22P02";
 /// SQLSTATE of a key that cannot be used (no ACTIVE version).
 const KEY_UNAVAILABLE: &str = "55000";
+/// SQLSTATE of a column the role's policy does not allow.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// A refusal on its way to the client: SQLSTATE and message.
 pub struct Refused(pub &'static str, pub String);
@@ -33,6 +35,11 @@ impl From<Refusal> for Refused {
 /// One session's frontend side.
 pub struct Frontend {
     enc: Arc<Encryption>,
+    /// The login role: whose policy applies.
+    role: Arc<str>,
+    /// The encrypted columns each prepared statement reads and writes,
+    /// checked again at every Bind against the policy then in force.
+    uses: HashMap<Bytes, Arc<Uses>>,
     /// Prepared statements with parameters bound for encrypted columns.
     statements: HashMap<Bytes, Arc<[BoundParam]>>,
     /// After a refusal inside an extended-protocol batch: drop everything up
@@ -53,9 +60,11 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    pub fn new(enc: Arc<Encryption>, max_row: usize) -> Self {
+    pub fn new(enc: Arc<Encryption>, max_row: usize, role: Arc<str>) -> Self {
         Self {
             enc,
+            role,
+            uses: HashMap::new(),
             statements: HashMap::new(),
             skipping: false,
             no_params: Arc::new([]),
@@ -72,6 +81,15 @@ impl Frontend {
     /// will answer in `queue`. False when the queue is full.
     pub fn handle(&mut self, msg: Message, queue: &Queue, out: &mut BytesMut) -> bool {
         let forward = |out: &mut BytesMut| out.put_slice(&msg.frame);
+        if msg.tag != b'X' && queue.take_abort() {
+            // The failed transaction's error reaches no one; what follows
+            // meets an aborted transaction, as after any error.
+            let abort = raise("25P02", "transaction aborted by pgwarden after a refused result");
+            messages::query(&abort, out);
+            if !queue.push(Pending::InjectedAbort) {
+                return false;
+            }
+        }
         if self.skipping && !matches!(msg.tag, b'S' | b'X') {
             return true;
         }
@@ -132,6 +150,7 @@ impl Frontend {
                     Some((b'S', name)) => {
                         let name = msg.frame.slice(6..6 + name.len().saturating_sub(1));
                         self.statements.remove(&name);
+                        self.uses.remove(&name);
                         Some(name)
                     }
                     _ => None,
@@ -226,7 +245,11 @@ impl Frontend {
                 );
                 return self.refuse(refused, queue, out);
             }
-            Ok(Prepared { sql, params: sites, copy }) => {
+            Ok(Prepared { sql, params: sites, copy, uses }) => {
+                match uses {
+                    Some(uses) => self.uses.insert(name.clone(), uses),
+                    None => self.uses.remove(&name),
+                };
                 match copy {
                     Some(spec) => self.copy_statements.insert(name.clone(), spec),
                     None => self.copy_statements.remove(&name),
@@ -289,6 +312,12 @@ impl Frontend {
         let portal = slice(bind.portal);
         let statement = slice(bind.statement);
         let formats = ResultFormats::new(slice(bind.result_formats));
+        // A policy reloaded since the Parse applies from this execution on.
+        if let Some(uses) = self.uses.get(&statement) {
+            if let Err(refused) = self.check_access(&uses.reads, &uses.writes) {
+                return self.refuse(refused, queue, out);
+            }
+        }
         match self.copy_statements.get(&statement) {
             Some(spec) => self.copy_portals.insert(portal.clone(), spec.clone()),
             None => self.copy_portals.remove(&portal),
@@ -345,9 +374,21 @@ impl Frontend {
                         .into(),
                 ));
             }
-            return Ok(Prepared { sql: None, params: self.no_params.clone(), copy: None });
+            return Ok(Prepared {
+                sql: None,
+                params: self.no_params.clone(),
+                copy: None,
+                uses: None,
+            });
         };
-        let analysis = sql::analyze(sql, &self.enc.registry.load())?;
+        let mut analysis = sql::analyze(sql, &self.enc.registry.load())?;
+        self.check_access(&analysis.reads, &analysis.writes)?;
+        let uses = (!analysis.reads.is_empty() || !analysis.writes.is_empty()).then(|| {
+            Arc::new(Uses {
+                reads: std::mem::take(&mut analysis.reads).into(),
+                writes: std::mem::take(&mut analysis.writes).into(),
+            })
+        });
         let params = if analysis.params.is_empty() {
             self.no_params.clone()
         } else {
@@ -355,7 +396,7 @@ impl Frontend {
         };
         let copy = analysis.copy.map(Arc::new);
         if analysis.literals.is_empty() {
-            return Ok(Prepared { sql: None, params, copy });
+            return Ok(Prepared { sql: None, params, copy, uses });
         }
         let keyring = self.enc.keyring.load();
         let mut sites: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(analysis.literals.len());
@@ -369,7 +410,34 @@ impl Frontend {
         }
         let sql = sql::rewrite::replace_literals(sql, sites)
             .ok_or_else(|| Refused("0A000", "cannot rewrite the statement".into()))?;
-        Ok(Prepared { sql: Some(sql), params, copy })
+        Ok(Prepared { sql: Some(sql), params, copy, uses })
+    }
+
+    /// Refuses (42501) a statement that reads a column the role is denied,
+    /// or writes one it may not write.
+    fn check_access(
+        &self,
+        reads: &[Arc<EncryptedColumn>],
+        writes: &[Arc<EncryptedColumn>],
+    ) -> Result<(), Refused> {
+        let access = self.enc.access.load();
+        for c in reads {
+            if access.resolve(&self.role, c).level == pgwarden_config::AccessLevel::Deny {
+                return Err(Refused(
+                    INSUFFICIENT_PRIVILEGE,
+                    crate::access::denied_message(&self.role, &c.name),
+                ));
+            }
+        }
+        for c in writes {
+            if !access.resolve(&self.role, c).write {
+                return Err(Refused(
+                    INSUFFICIENT_PRIVILEGE,
+                    crate::access::write_denied_message(&self.role, &c.name),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Sends the refusal in place of the message and skips to Sync.
@@ -400,6 +468,15 @@ struct Prepared {
     params: Arc<[ParamSite]>,
     /// A COPY of encrypted columns.
     copy: Option<Arc<CopySpec>>,
+    /// The encrypted columns it reads and writes; `None` when none.
+    uses: Option<Arc<Uses>>,
+}
+
+/// The encrypted columns a statement reads and writes.
+#[derive(Debug)]
+struct Uses {
+    reads: Arc<[Arc<EncryptedColumn>]>,
+    writes: Arc<[Arc<EncryptedColumn>]>,
 }
 
 /// Parameters bound for encrypted columns, each once. A parameter bound for

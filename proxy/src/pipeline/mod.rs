@@ -40,6 +40,7 @@ use bytes::Bytes;
 use pgwarden_config::Config;
 use tokio_postgres::Client;
 
+use crate::access::AccessPolicy;
 use crate::catalog::Catalog;
 use crate::crypto::Keyring;
 use crate::keys::{self, KeysError};
@@ -58,6 +59,9 @@ pub struct Encryption {
     pub registry: ArcSwap<Registry>,
     pub keyring: ArcSwap<Keyring>,
     pub catalog: ArcSwap<Catalog>,
+    /// What each role gets of each column; swapped on reload, read at every
+    /// statement, so that a new policy applies from the next one.
+    pub access: ArcSwap<AccessPolicy>,
     /// The database the registered columns live in.
     pub database: String,
     /// The proxy's own connection, for reloading the catalog and the keys.
@@ -112,6 +116,7 @@ impl Encryption {
             configured: registry,
             keyring: ArcSwap::from_pointee(keyring),
             catalog: ArcSwap::from_pointee(catalog),
+            access: ArcSwap::from_pointee(AccessPolicy::new(config)),
             database: config.upstream.admin_database.clone(),
             db,
         }))
@@ -168,6 +173,10 @@ pub enum Pending {
     CopyDescribe { spec: Arc<CopySpec> },
     /// The proxy's own Sync: its ReadyForQuery is swallowed.
     InjectedSync,
+    /// The proxy's own failing Query, sent to abort a transaction in which
+    /// the client was given an error Postgres did not see: its
+    /// ErrorResponse and ReadyForQuery are swallowed.
+    InjectedAbort,
 }
 
 /// A parameter of a prepared statement bound for an encrypted column.
@@ -200,11 +209,22 @@ pub struct Queue {
     /// The error the client gets in place of the next ErrorResponse (which
     /// answers a CopyFail the proxy sent): SQLSTATE and message.
     replacement: Mutex<Option<(&'static str, String)>>,
+    /// The client was told its transaction failed; Postgres must be made to
+    /// agree before the client's next statement.
+    abort: std::sync::atomic::AtomicBool,
 }
 
 impl Queue {
     pub fn replace_next_error(&self, sqlstate: &'static str, message: String) {
         *self.replacement.lock().unwrap_or_else(|p| p.into_inner()) = Some((sqlstate, message));
+    }
+
+    pub fn request_abort(&self) {
+        self.abort.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn take_abort(&self) -> bool {
+        self.abort.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     fn take_replacement(&self) -> Option<(&'static str, String)> {

@@ -31,6 +31,11 @@ pub(super) struct Walker<'a, 'r> {
     found: HashMap<(u64, u64), Arc<EncryptedColumn>>,
     /// The references a supported shape accounts for.
     accounted: HashSet<(u64, u64)>,
+    /// References that move a column's stored value into itself (`SET ssn =
+    /// EXCLUDED.ssn`): they read nothing out of the database.
+    moves: HashSet<(u64, u64)>,
+    /// Encrypted columns a `*` or `t.*` expands to.
+    star_reads: Vec<Arc<EncryptedColumn>>,
     out: &'a mut Analysis,
 }
 
@@ -55,6 +60,8 @@ impl<'a, 'r> Walker<'a, 'r> {
             scope: scope.scope,
             found: HashMap::new(),
             accounted: HashSet::new(),
+            moves: HashSet::new(),
+            star_reads: Vec::new(),
             out,
         };
         let mut refs = RefCollector { walker: &mut w };
@@ -80,6 +87,23 @@ impl<'a, 'r> Walker<'a, 'r> {
             };
             if let Some(encrypted) = table {
                 let direction = copy::table(table_name, encrypted, columns, *to, target)?;
+                match &direction {
+                    copy::CopyDirection::In(fields) => {
+                        for c in fields.iter().flatten() {
+                            add(&mut self.out.writes, c);
+                        }
+                    }
+                    copy::CopyDirection::Out(_) => {
+                        let named = |c: &&Arc<EncryptedColumn>| {
+                            columns.is_empty() || columns.iter().any(|i| normal(i) == c.column)
+                        };
+                        let mut read: Vec<_> = encrypted.values().filter(named).collect();
+                        read.sort_by(|a, b| a.name.cmp(&b.name));
+                        for c in read {
+                            add(&mut self.out.reads, c);
+                        }
+                    }
+                }
                 self.out.copy = Some(copy::spec(options, legacy_options, direction)?);
                 if let Some(c) = encrypted.values().next() {
                     self.out.tables.push(format!("{}.{}", c.schema, c.table));
@@ -102,9 +126,16 @@ impl<'a, 'r> Walker<'a, 'r> {
         let mut columns: Vec<&Arc<EncryptedColumn>> = self.found.values().collect();
         columns.sort_by(|a, b| a.name.cmp(&b.name));
         for c in columns {
-            if !self.out.columns.iter().any(|k| k.name == c.name) {
-                self.out.columns.push(c.clone());
-            }
+            add(&mut self.out.columns, c);
+        }
+        let mut reads: Vec<(&(u64, u64), &Arc<EncryptedColumn>)> =
+            self.found.iter().filter(|(k, _)| !self.moves.contains(k)).collect();
+        reads.sort_by_key(|(k, _)| **k);
+        for (_, c) in reads {
+            add(&mut self.out.reads, c);
+        }
+        for c in &self.star_reads {
+            add(&mut self.out.reads, c);
         }
         // Anything not accounted for is a use we do not support.
         let mut left: Vec<(&(u64, u64), &Arc<EncryptedColumn>)> =
@@ -131,6 +162,9 @@ impl<'a, 'r> Walker<'a, 'r> {
                 };
                 if let Some(columns) = target {
                     let targets = self.insert_targets(columns, &insert.columns)?;
+                    for c in targets.iter().flatten() {
+                        add(&mut self.out.writes, c);
+                    }
                     if let Some(source) = &insert.source {
                         self.insert_source(source, &targets)?;
                     } else if targets.iter().any(Option::is_some) {
@@ -151,7 +185,9 @@ impl<'a, 'r> Walker<'a, 'r> {
                         }
                     }
                 }
-                self.returning(insert.returning.as_deref());
+                if let TableObject::TableName(name) = &insert.table {
+                    self.returning(insert.returning.as_deref(), std::slice::from_ref(name));
+                }
                 Ok(())
             }
             Statement::Update(update) => {
@@ -161,7 +197,11 @@ impl<'a, 'r> Walker<'a, 'r> {
                 if let Some(p) = &update.selection {
                     self.predicate(p)?;
                 }
-                self.returning(update.returning.as_deref());
+                let target = match &update.table.relation {
+                    TableFactor::Table { name, .. } => vec![name.clone()],
+                    _ => Vec::new(),
+                };
+                self.returning(update.returning.as_deref(), &target);
                 Ok(())
             }
             Statement::Delete(delete) => {
@@ -173,7 +213,14 @@ impl<'a, 'r> Walker<'a, 'r> {
                 if let Some(p) = &delete.selection {
                     self.predicate(p)?;
                 }
-                self.returning(delete.returning.as_deref());
+                let targets: Vec<ObjectName> = from
+                    .iter()
+                    .filter_map(|t| match &t.relation {
+                        TableFactor::Table { name, .. } => Some(name.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                self.returning(delete.returning.as_deref(), &targets);
                 Ok(())
             }
             Statement::Copy {
@@ -252,11 +299,13 @@ impl<'a, 'r> Walker<'a, 'r> {
         let column = last_ident(name).and_then(|i| self.column_named(None, &normal(i)));
         match column {
             Some(column) => {
+                add(&mut self.out.writes, &column);
                 // `SET ssn = EXCLUDED.ssn` or `SET ssn = ssn`: the same column's
                 // ciphertext moves, nothing to encrypt.
                 if let Some((key, c)) = self.reference(value) {
                     if c.name == column.name {
                         self.accounted.insert(key);
+                        self.moves.insert(key);
                         return Ok(());
                     }
                 }
@@ -318,6 +367,26 @@ impl<'a, 'r> Walker<'a, 'r> {
         for item in &s.projection {
             let expr = match item {
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                SelectItem::Wildcard(_) => {
+                    for t in &s.from {
+                        for f in
+                            std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation))
+                        {
+                            if let TableFactor::Table { name, .. } = f {
+                                self.star(name);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                SelectItem::QualifiedWildcard(kind, _) => {
+                    if let sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(name) = kind
+                    {
+                        self.star(name);
+                    }
+                    continue;
+                }
+                // Its references stay unaccounted, and refuse the statement.
                 _ => continue,
             };
             if let Some((key, column)) = self.reference(expr) {
@@ -471,12 +540,33 @@ impl<'a, 'r> Walker<'a, 'r> {
         Ok(())
     }
 
-    fn returning(&mut self, items: Option<&[SelectItem]>) {
+    /// RETURNING of a statement on `targets`.
+    fn returning(&mut self, items: Option<&[SelectItem]>, targets: &[ObjectName]) {
         for item in items.unwrap_or_default() {
-            if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
-                if let Some((key, _)) = self.reference(e) {
-                    self.accounted.insert(key);
+            match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    if let Some((key, _)) = self.reference(e) {
+                        self.accounted.insert(key);
+                    }
                 }
+                SelectItem::Wildcard(_) => targets.iter().for_each(|t| self.star(t)),
+                SelectItem::QualifiedWildcard(
+                    sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(name),
+                    _,
+                ) => self.star(name),
+                _ => {}
+            }
+        }
+    }
+
+    /// A `*` over the table, alias or view `name`: every encrypted column it
+    /// has is read.
+    fn star(&mut self, name: &ObjectName) {
+        if let Some(columns) = self.registered(name) {
+            let mut read: Vec<&Arc<EncryptedColumn>> = columns.values().collect();
+            read.sort_by(|a, b| a.name.cmp(&b.name));
+            for c in read {
+                add(&mut self.star_reads, c);
             }
         }
     }
@@ -618,6 +708,13 @@ impl Visitor for SubqueryCollector<'_> {
     fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
         self.depth -= 1;
         ControlFlow::Continue(())
+    }
+}
+
+/// Adds `c` to `list` unless it is there.
+fn add(list: &mut Vec<Arc<EncryptedColumn>>, c: &Arc<EncryptedColumn>) {
+    if !list.iter().any(|k| k.name == c.name) {
+        list.push(c.clone());
     }
 }
 

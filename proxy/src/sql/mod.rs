@@ -42,6 +42,13 @@ pub struct Analysis {
     pub tables: Vec<String>,
     /// Encrypted columns it references, each once.
     pub columns: Vec<Arc<EncryptedColumn>>,
+    /// Encrypted columns whose stored values it reads, returns or filters,
+    /// groups or joins on, each once: what a role denied a column may not
+    /// run. A `*` reads every column it expands to.
+    pub reads: Vec<Arc<EncryptedColumn>>,
+    /// Encrypted columns it writes (INSERT, UPDATE SET, ON CONFLICT DO
+    /// UPDATE SET, COPY FROM), each once.
+    pub writes: Vec<Arc<EncryptedColumn>>,
     /// Literals to encrypt, by byte range in the statement text.
     pub literals: Vec<LiteralSite>,
     /// Parameters (`$n`, zero-based here) to encrypt at Bind.

@@ -218,3 +218,57 @@ fn copy_the_proxy_cannot_rewrite_is_refused() {
         assert!(!refused(sql).is_empty(), "{sql}");
     }
 }
+
+fn names(columns: &[Arc<EncryptedColumn>]) -> Vec<&str> {
+    columns.iter().map(|c| c.name.as_str()).collect()
+}
+
+#[test]
+fn reads_count_every_column_a_statement_shows_or_filters_on_including_stars() {
+    let reads = |sql: &str| names(&ok(sql).reads).join(" ");
+    assert_eq!(reads("SELECT name FROM customers"), "");
+    assert_eq!(
+        reads("SELECT ssn FROM customers WHERE card IS NULL"),
+        "public.customers.ssn public.customers.card"
+    );
+    assert_eq!(
+        reads("SELECT * FROM customers"),
+        "public.customers.age public.customers.card public.customers.ssn"
+    );
+    assert_eq!(
+        reads("SELECT c.* FROM customers c JOIN orders o ON o.id = c.id"),
+        "public.customers.age public.customers.card public.customers.ssn"
+    );
+    assert_eq!(reads("SELECT o.* FROM customers c JOIN orders o ON o.id = c.id"), "");
+    assert_eq!(
+        reads("SELECT * FROM orders WHERE id IN (SELECT id FROM people WHERE ssn = $1)"),
+        "public.people.ssn"
+    );
+    assert_eq!(reads("DELETE FROM people WHERE id = 1 RETURNING *"), "public.people.ssn");
+    assert_eq!(reads("COPY people TO STDOUT"), "public.people.ssn");
+    assert_eq!(reads("COPY customers (id, card) TO STDOUT"), "public.customers.card");
+    // Moving a value into its own column reads nothing out.
+    assert_eq!(
+        reads("INSERT INTO people (id, ssn) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn"),
+        ""
+    );
+}
+
+#[test]
+fn writes_count_insert_targets_update_assignments_and_copy_from() {
+    let writes = |sql: &str| names(&ok(sql).writes).join(" ");
+    assert_eq!(
+        writes("INSERT INTO customers (name, ssn) VALUES ('a', 'b')"),
+        "public.customers.ssn"
+    );
+    assert_eq!(
+        writes("UPDATE customers SET card = $1, name = 'x' WHERE ssn = $2"),
+        "public.customers.card"
+    );
+    assert_eq!(
+        writes("COPY customers (id, age, ssn) FROM STDIN"),
+        "public.customers.age public.customers.ssn"
+    );
+    assert_eq!(writes("SELECT ssn FROM customers"), "");
+    assert_eq!(writes("DELETE FROM customers WHERE ssn = 'x'"), "");
+}
