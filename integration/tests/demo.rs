@@ -1,6 +1,7 @@
 //! `pgwarden demo`, the README's first command, as a newcomer runs it: it
 //! prints how to connect, the sample columns are plaintext through pgwarden
-//! and ciphertext in Postgres, and Ctrl-C removes everything.
+//! for one role and masked for the other, ciphertext in Postgres, and Ctrl-C
+//! removes everything.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly")]
 
 use std::io::{BufRead, BufReader};
@@ -59,7 +60,20 @@ async fn the_demo_encrypts_its_sample_columns_and_cleans_up_on_ctrl_c() {
             assert!(row.get::<_, &[u8]>(i).starts_with(b"PW"), "plaintext stored in Postgres");
         }
     }
-    drop((proxy, direct));
+    // The second role sees masks, and may not write the encrypted columns.
+    let support = connect(&format!("postgresql://support:demo@127.0.0.1:{port}/shop")).await;
+    let row = support
+        .query_one("SELECT ssn, card_number FROM customers WHERE name = 'Alan Turing'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "***-**-4321");
+    assert_eq!(row.get::<_, &str>(1), "************5559");
+    let refused = support
+        .execute("UPDATE customers SET ssn = '000-00-0000' WHERE name = 'Alan Turing'", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code().map(|c| c.code()), Some("42501"), "{refused}");
+    drop((proxy, direct, support));
 
     let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(ok.success());

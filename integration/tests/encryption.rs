@@ -9,8 +9,9 @@ use std::path::Path;
 
 use pgwarden::crypto::MasterKey;
 use pgwarden_config::Config;
+use pgwarden_integration::encrypted;
 use pgwarden_integration::wire::{self, Wire};
-use pgwarden_integration::{base_config_toml, connect, roles, start_cluster, TestEnv, PASSWORD};
+use pgwarden_integration::{roles, TestEnv, PASSWORD};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -60,7 +61,7 @@ fn columns_toml() -> String {
     let mut toml = String::from(
         "[[columns]]\nname = \"public.customers.ssn\"\ntype = \"text\"\nmode = \"deterministic\"\n\
          key = \"pii\"\n\n[[columns]]\nname = \"public.customers.card\"\ntype = \"text\"\n\
-         mode = \"randomized\"\nkey = \"pci\"\n\n",
+         mode = \"randomized\"\nkey = \"pci\"\n\n[access]\ndefault = \"full\"\n\n",
     );
     for (col, ty) in EVERY_TYPE {
         toml.push_str(&format!(
@@ -73,7 +74,7 @@ fn columns_toml() -> String {
 
 async fn start() -> Env {
     let (pg, config, dir) = prepare().await;
-    init(&pg, &config).await;
+    encrypted::init(&pg, &config).await;
     let env = TestEnv::start_on(pg, config).await;
     Env { env, _dir: dir }
 }
@@ -81,34 +82,7 @@ async fn start() -> Env {
 /// A cluster with the schema, and a configuration registering its columns
 /// under a new master key; no keys created yet.
 async fn prepare() -> (pgwarden::cluster::Cluster, Config, tempfile::TempDir) {
-    let pg = tokio::task::spawn_blocking(start_cluster).await.unwrap();
-    pg.psql("postgres", SCHEMA).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    std::fs::write(&key, MasterKey::generate().to_base64().expose()).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, PASSWORD).unwrap();
-    let toml = format!(
-        "{}\n[keys]\nmaster_key = \"file:{}\"\n\n{}",
-        base_config_toml(&pg).replace(
-            "[upstream]\n",
-            &format!(
-                "[upstream]\nadmin_user = \"{}\"\nadmin_password = \"file:{}\"\n",
-                roles::SCRAM,
-                pw.display()
-            )
-        ),
-        key.display(),
-        columns_toml()
-    );
-    (pg, load(&toml), dir)
-}
-
-/// `pgwarden keys init`.
-async fn init(pg: &pgwarden::cluster::Cluster, config: &Config) {
-    let mut admin = connect(&pgwarden_integration::url(pg.port(), roles::SCRAM, "postgres")).await;
-    pgwarden::keys::init(config, &mut admin).await.unwrap();
+    encrypted::prepare(SCHEMA, &columns_toml()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +95,7 @@ async fn the_proxy_does_not_start_without_its_keys_or_its_columns() {
     let e = bind(&config).await;
     assert!(e.contains("keys init"), "{e}");
 
-    init(&pg, &config).await;
+    encrypted::init(&pg, &config).await;
     // Another master key does not open the data keys: a clear error, no garbage.
     let other = dir.path().join("other.key");
     std::fs::write(&other, MasterKey::generate().to_base64().expose()).unwrap();
@@ -137,10 +111,6 @@ async fn the_proxy_does_not_start_without_its_keys_or_its_columns() {
     assert!(e.contains("public.customers.card"), "{e}");
     config.columns.retain(|c| c.name != "public.customers.card");
     assert!(pgwarden::Proxy::bind(std::sync::Arc::new(config)).await.is_ok());
-}
-
-fn load(toml: &str) -> Config {
-    pgwarden_config::load_str(toml, std::iter::empty()).unwrap_or_else(|e| panic!("{e}\n{toml}"))
 }
 
 /// The rows of the first result of a simple query, as text.
