@@ -263,3 +263,76 @@ fn metrics_address_must_parse_and_differ_from_the_listen_address() {
         problems("[listen]\naddress = \"0.0.0.0:7000\"\n[metrics]\naddress = \"127.0.0.1:7000\"\n");
     assert_eq!(p, vec!["metrics.address: must differ from listen.address".to_string()]);
 }
+
+#[test]
+fn policy_problems_are_reported_with_their_key_paths() {
+    let p = problems(
+        r#"
+[keys]
+master_key = "env:PGWARDEN_TEST_UNSET_KEY"
+[upstream]
+admin_user = "pgwarden"
+[[columns]]
+name = "public.customers.ssn"
+type = "text"
+mode = "deterministic"
+key = "pii"
+[[columns]]
+name = "public.customers.born"
+type = "date"
+mode = "randomized"
+key = "pii"
+
+[access]
+default = "masked"
+
+[[policies]]
+roles = ["support"]
+columns = ["public.customers.*"]
+access = "masked"
+mask = "lats4"
+
+[[policies]]
+roles = []
+columns = ["public.orders.*", "customers.ssn"]
+access = "full"
+mask = "last4"
+
+[[policies]]
+roles = ["analyst"]
+columns = ["public.customers.*"]
+access = "masked"
+mask = "year"
+"#,
+    );
+    let joined = p.join("\n");
+    for expected in [
+        "access.mask: access \"masked\" needs a mask",
+        "policies[0].mask: \"lats4\" is not a mask",
+        "policies[1].roles: name at least one role",
+        "policies[1].columns[0]: \"public.orders.*\" matches no registered column",
+        "policies[1].columns[1]: \"customers.ssn\" is not schema.table.column",
+        "policies[1].mask: only access \"masked\" takes a mask",
+        "policies[2].mask: year applies to date, timestamp and timestamptz columns; \
+         public.customers.ssn is text",
+    ] {
+        assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+    }
+    assert!(!joined.contains("public.customers.born is"), "{joined}");
+}
+
+#[test]
+fn access_defaults_to_deny_and_policies_to_writable() {
+    let c = load_str(
+        "[[policies]]\nroles = [\"*\"]\ncolumns = [\"*\"]\naccess = \"ciphertext\"\n",
+        no_env(),
+    )
+    .unwrap_err();
+    // No registered column for "*" to match: an error, but the defaults parse.
+    assert!(c.problems().iter().any(|p| p.contains("matches no registered column")));
+    let c: Config =
+        toml::from_str("[[policies]]\nroles = [\"a\"]\ncolumns = [\"*\"]\naccess = \"full\"\n")
+            .unwrap();
+    assert_eq!(c.access.default, crate::AccessLevel::Deny);
+    assert!(c.policies[0].write);
+}
