@@ -8,6 +8,7 @@
 //!   failing one), which stops Postgres and removes its files.
 //! - [`ProxyProcess`]: the `pgwarden` binary as a child process, for signals.
 //! - [`python`]: the virtualenv interpreter with psycopg 3, for Python clients.
+//! - [`certs`]: a CA and the certificates it signs, made at test time.
 //!
 //! Every test gets its own cluster on free ports, so tests run in parallel. The
 //! initialised data directory is cached under `target/` and copied per test.
@@ -23,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod certs;
 pub mod wire;
 
 pub use pgwarden::cluster::{roles, Cluster, PASSWORD};
