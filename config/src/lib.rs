@@ -96,7 +96,11 @@ pub struct Listen {
     /// Oldest TLS version accepted: "1.2" (the default) or "1.3". SIGHUP
     /// applies it to new connections.
     pub min_tls_version: String,
-    /// Client certificates: not available yet, must stay empty.
+    /// PEM file of the CA(s) that sign client certificates. Set, every client
+    /// must connect with TLS and present a certificate issued by one of them
+    /// whose common name (CN) is the login role (28000 otherwise); plaintext
+    /// clients are refused. Empty (the default): no client certificates.
+    /// Needs `tls_cert`. Reread on SIGHUP with the certificate.
     pub client_ca: String,
     /// Threads serving connections. 0 (the default): one per CPU. 1 runs every
     /// session on one thread, which spends the least CPU per message where the
@@ -131,8 +135,16 @@ pub struct Upstream {
     pub host: String,
     /// Port of Postgres. Default 5432. Needs a restart.
     pub port: u16,
-    /// TLS toward Postgres. Only `disable` (the default) is implemented so far.
+    /// TLS toward Postgres, as libpq's `sslmode`: `disable` (the default),
+    /// `prefer` (TLS if the server offers it, plaintext only when it answers
+    /// that it has no TLS), `require` (TLS, certificate not checked),
+    /// `verify-ca` (certificate chain checked against `ca`), `verify-full`
+    /// (also the server name against `host`). Used by sessions and by the
+    /// proxy's own connection. Needs a restart.
     pub tls: UpstreamTls,
+    /// PEM file of the CA(s) that sign Postgres' certificate; required by
+    /// `verify-ca` and `verify-full`. Default empty. Needs a restart.
+    pub ca: String,
     /// Time allowed to open a connection to Postgres. Default `10s`.
     pub connect_timeout: DurationValue,
     /// The proxy's own login, for catalog, keys and the audit sink. Empty (the
@@ -151,6 +163,7 @@ impl Default for Upstream {
             host: "127.0.0.1".into(),
             port: 5432,
             tls: UpstreamTls::Disable,
+            ca: String::new(),
             connect_timeout: DurationValue::from_secs(10),
             admin_user: String::new(),
             admin_password: None,
@@ -262,13 +275,17 @@ impl Config {
         if self.upstream.port == 0 {
             problem("upstream.port", "must be between 1 and 65535".into());
         }
-        if self.upstream.tls != UpstreamTls::Disable {
+        let verify = matches!(self.upstream.tls, UpstreamTls::VerifyCa | UpstreamTls::VerifyFull);
+        if verify && self.upstream.ca.is_empty() {
             problem(
-                "upstream.tls",
-                "only \"disable\" is implemented in this version; TLS toward Postgres is \
-                 not available yet"
+                "upstream.ca",
+                "required by upstream.tls = \"verify-ca\" or \"verify-full\": the PEM file of \
+                 the CA that signed Postgres' certificate"
                     .into(),
             );
+        }
+        if !self.upstream.ca.is_empty() && std::fs::metadata(&self.upstream.ca).is_err() {
+            problem("upstream.ca", format!("cannot read {}", self.upstream.ca));
         }
         if let Some(secret) = &self.upstream.admin_password {
             if let Err(e) = secret.resolve() {
@@ -316,9 +333,12 @@ impl Config {
             problems.push("listen.require_tls: needs listen.tls_cert and listen.tls_key".into());
         }
         if !l.client_ca.is_empty() {
-            problems.push(
-                "listen.client_ca: client certificates are not available in this version".into(),
-            );
+            if l.tls_cert.is_empty() {
+                problems.push("listen.client_ca: needs listen.tls_cert and listen.tls_key".into());
+            }
+            if std::fs::metadata(&l.client_ca).is_err() {
+                problems.push(format!("listen.client_ca: cannot read {}", l.client_ca));
+            }
         }
         columns::validate(&self.keys, &self.columns, &mut problems);
         access::validate(&self.access, &self.policies, &self.columns, &mut problems);

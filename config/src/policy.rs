@@ -146,7 +146,12 @@ pub struct Limits {
     /// Sessions one login role may hold at once (53300 beyond). 0 (the
     /// default): no limit. SIGHUP applies it to new sessions.
     pub max_connections_per_user: u32,
-    /// Statements per second per role. Not available yet: must stay 0.
+    /// Statements per second per login role, shared by all its sessions (a
+    /// token bucket whose burst is the rate). A statement over the rate gets
+    /// 53400 and is not run; the session stays usable. Counted per Query,
+    /// FunctionCall and Execute. 0 (the default): no limit, at no cost.
+    /// SIGHUP changes the rate for limited sessions and new ones; sessions
+    /// that started while it was 0 stay unlimited.
     pub queries_per_second_per_user: u32,
     /// Failed logins (28P01 from Postgres) per (role, client address) within
     /// `failed_login_window` before that pair is locked out. Default 5; 0
@@ -199,13 +204,6 @@ pub(crate) fn validate(
                  could satisfy it"
             ));
         }
-    }
-    if limits.queries_per_second_per_user != 0 {
-        problems.push(
-            "limits.queries_per_second_per_user: rate limiting is not available in this \
-             version; leave it at 0"
-                .into(),
-        );
     }
     for (key, d) in [
         ("limits.failed_login_window", &limits.failed_login_window),

@@ -45,7 +45,7 @@ colour = "blue"
 
 [upstream]
 port = 0
-tls = "require"
+tls = "verify-full"
 admin_password = "hunter2"
 
 [nonsense]
@@ -59,7 +59,7 @@ x = 1
         "listen.idle_timeout:",
         "listen.colour: unknown key",
         "upstream.port:",
-        "upstream.tls:",
+        "upstream.ca:",
         "upstream.admin_password:",
         "nonsense: unknown key",
     ] {

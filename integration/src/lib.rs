@@ -8,6 +8,7 @@
 //!   failing one), which stops Postgres and removes its files.
 //! - [`ProxyProcess`]: the `pgwarden` binary as a child process, for signals.
 //! - [`python`]: the virtualenv interpreter with psycopg 3, for Python clients.
+//! - [`certs`]: a CA and the certificates it signs, made at test time.
 //! - [`encrypted`]: a cluster and a configuration with encrypted columns.
 //!
 //! Every test gets its own cluster on free ports, so tests run in parallel. The
@@ -24,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod certs;
 pub mod encrypted;
 pub mod wire;
 

@@ -186,3 +186,95 @@ async fn network_rules_match_ipv6_clients() {
     let (code, _) = last_error(&w.until_eof().await);
     assert_eq!(code, "28000");
 }
+
+/// Sends `sql` until it is answered with rows (the bucket refilled), at most
+/// a minute: a hang guard, not a measured time.
+async fn until_served(w: &mut Wire, sql: &str) -> Vec<Msg> {
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        w.send(&wire::query(sql)).await;
+        let msgs = w.until_ready(1).await;
+        if msgs.iter().any(|m| m.tag == b'D') {
+            return msgs;
+        }
+    }
+    panic!("{sql} still refused after a minute");
+}
+
+fn rate_limited_total(env: &TestEnv) -> u64 {
+    let text = String::from_utf8(env.handle.metrics().encode()).unwrap();
+    let line = text.lines().find(|l| l.starts_with("pgwarden_rate_limited_total ")).unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_over_the_roles_rate_get_53400_and_the_session_stays_usable() {
+    let env = TestEnv::start_with(|c| c.limits.queries_per_second_per_user = 1).await;
+    let (mut w, _) = Wire::startup(env.proxy_addr, roles::TRUST, "postgres").await;
+    let (mut other, _) = Wire::startup(env.proxy_addr, roles::TRUST, "postgres").await;
+    // Three queries in one write: the clock does not move within one batch,
+    // so the burst of one lets exactly the first through.
+    let mut three = wire::query("SELECT 'first'");
+    three.extend(wire::query("SELECT 'second'"));
+    three.extend(wire::query("SELECT 'third'"));
+    w.send(&three).await;
+    let msgs = w.until_ready(3).await;
+    let rows = msgs.iter().filter(|m| m.tag == b'D').count();
+    let errors: Vec<&Msg> = msgs.iter().filter(|m| m.tag == b'E').collect();
+    assert_eq!((rows, errors.len()), (1, 2), "{msgs:?}");
+    for e in &errors {
+        assert_eq!(e.sqlstate().as_deref(), Some("53400"), "{e}");
+        let text = e.field(b'M').unwrap();
+        assert!(text.contains("queries_per_second_per_user"), "{text}");
+        assert_eq!(e.field(b'S').as_deref(), Some("ERROR"), "must not end the session");
+    }
+    assert!(msgs.iter().filter(|m| m.tag == b'Z').all(|z| z.body == b"I"), "{msgs:?}");
+    assert_eq!(rate_limited_total(&env), 2);
+
+    // The bucket is the role's: another session of it is limited too...
+    other.send(&wire::query("SELECT 1")).await;
+    let msgs = other.until_ready(1).await;
+    assert!(msgs.iter().any(|m| m.sqlstate().as_deref() == Some("53400")), "{msgs:?}");
+    // ...and once tokens refill, the first session is served again.
+    let msgs = until_served(&mut w, "SELECT 'again'").await;
+    assert!(msgs.iter().all(|m| m.tag != b'E'), "{msgs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_statements_over_the_rate_fail_with_53400_and_later_ones_work() {
+    let env = TestEnv::start_with(|c| c.limits.queries_per_second_per_user = 1).await;
+    let url = env.proxy_url(roles::SCRAM, "postgres");
+    // Extended protocol (psycopg binds parameters): five statements back to
+    // back on a rate of one per second; then retries until one is served.
+    let script = r#"
+import sys, time, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    refused = 0
+    for i in range(5):
+        try:
+            c.execute("SELECT %s::int", (i,)).fetchone()
+        except psycopg.errors.ConfigurationLimitExceeded as e:
+            refused += 1
+            assert "queries_per_second_per_user" in str(e), str(e)
+    for _ in range(60):
+        time.sleep(1.1)
+        try:
+            print(refused, c.execute("SELECT %s::int", (42,)).fetchone()[0])
+            break
+        except psycopg.errors.ConfigurationLimitExceeded:
+            pass
+"#;
+    let python = pgwarden_integration::python::interpreter();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).args(["-c", script, &url]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    let (refused, answer) = text.trim().split_once(' ').unwrap();
+    assert!(refused.parse::<u32>().unwrap() >= 1, "{text}");
+    assert_eq!(answer, "42");
+    assert!(rate_limited_total(&env) >= 1);
+}

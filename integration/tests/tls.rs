@@ -1,31 +1,20 @@
-//! TLS toward clients, with certificates made at test time, through psql.
+//! TLS toward clients, with certificates made at test time, through psql and
+//! psycopg: server certificates, client certificates and their CN, versions.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use pgwarden_integration::certs::TestCa;
+use pgwarden_integration::python;
 use pgwarden_integration::wire::{self, Wire};
 use pgwarden_integration::{roles, TestEnv, PASSWORD};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 /// A CA and a server certificate for `localhost` and 127.0.0.1.
 fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "pgwarden test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &Issuer::from_params(&ca_params, &ca_key)).unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    (paths.0, paths.1, paths.2)
+    let ca = TestCa::new("pgwarden test CA");
+    let (cert, key) = ca.server(&["localhost", "127.0.0.1"]).write(dir, "server");
+    (ca.write(dir, "ca"), cert, key)
 }
 
 /// psql through the proxy with extra connection options; (success, output).
@@ -162,4 +151,111 @@ async fn a_reload_picks_up_rotated_certificates_without_dropping_connections() {
     open.send(&wire::query("SELECT 'still here'")).await;
     let msgs = open.until_ready(1).await;
     assert!(msgs.iter().any(|m| m.tag == b'D'));
+}
+
+/// psycopg through the proxy with `options`; (success, output). Prints
+/// whether TLS is in use and the answer to `SELECT 42`.
+async fn psycopg(port: u16, options: &str) -> (bool, String) {
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port={port} user={} password={PASSWORD} \
+         dbname=postgres {options}",
+        roles::SCRAM
+    );
+    let script = "import sys, psycopg\n\
+                  with psycopg.connect(sys.argv[1]) as c:\n    \
+                  print(c.pgconn.ssl_in_use, c.execute('SELECT 42').fetchone()[0])\n";
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(python::interpreter())
+            .args(["-c", script, &conninfo])
+            .env_remove("PGSSLMODE")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_connects_with_sslmode_require_and_verify_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_with_tls(dir.path(), |_| {}).await;
+    let port = env.proxy_addr.port();
+    let ca = dir.path().join("ca.pem");
+    let (ok, out) = psycopg(port, "sslmode=require").await;
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "True 42");
+    let (ok, out) =
+        psycopg(port, &format!("sslmode=verify-full sslrootcert={}", ca.display())).await;
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "True 42");
+    // A CA that did not sign the proxy's certificate: refused by the client.
+    let other = TestCa::new("another CA").write(dir.path(), "other-ca");
+    let (ok, out) =
+        psycopg(port, &format!("sslmode=verify-full sslrootcert={}", other.display())).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("certificate verify failed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_must_be_signed_by_client_ca_and_name_the_login_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let clients = TestCa::new("pgwarden client CA");
+    let client_ca = clients.write(dir.path(), "client-ca");
+    let env =
+        env_with_tls(dir.path(), |c| c.listen.client_ca = client_ca.display().to_string()).await;
+    let port = env.proxy_addr.port();
+    let with_cert = |(cert, key): (PathBuf, PathBuf)| {
+        format!("sslmode=require sslcert={} sslkey={}", cert.display(), key.display())
+    };
+    let right = clients.client(roles::SCRAM).write(dir.path(), "right");
+    let (ok, out) = psql(port, &with_cert(right), "SELECT 42").await;
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "42");
+
+    let wrong = clients.client(roles::TRUST).write(dir.path(), "wrong");
+    let (ok, out) = psql(port, &with_cert(wrong), "SELECT 1").await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("certificate is for \"{}\"", roles::TRUST))
+            && out.contains(&format!("role \"{}\"", roles::SCRAM)),
+        "{out}"
+    );
+
+    // Signed by another CA: the TLS handshake fails.
+    let stranger = TestCa::new("stranger").client(roles::SCRAM).write(dir.path(), "stranger");
+    let (ok, out) = psql(port, &with_cert(stranger), "SELECT 1").await;
+    assert!(!ok, "{out}");
+    // No certificate, over TLS or plaintext.
+    let (ok, out) = psql(port, "sslmode=require", "SELECT 1").await;
+    assert!(!ok, "{out}");
+    let (ok, out) = psql(port, "sslmode=disable", "SELECT 1").await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("requires a client certificate"), "{out}");
+    let metrics = String::from_utf8(env.handle.metrics().encode()).unwrap();
+    assert!(metrics.contains("pgwarden_denied_total{reason=\"certificate\"} 2\n"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ca_set_by_a_reload_applies_to_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_with_tls(dir.path(), |_| {}).await;
+    let port = env.proxy_addr.port();
+    let (ok, out) = psql(port, "sslmode=require", "SELECT 1").await;
+    assert!(ok, "{out}");
+    let clients = TestCa::new("pgwarden client CA");
+    let mut config = (*env.handle.config()).clone();
+    config.listen.client_ca = clients.write(dir.path(), "client-ca").display().to_string();
+    assert!(env.handle.reload(config).unwrap().is_empty());
+    let (ok, out) = psql(port, "sslmode=require", "SELECT 1").await;
+    assert!(!ok, "a client without a certificate was let in after the reload: {out}");
+    let (cert, key) = clients.client(roles::SCRAM).write(dir.path(), "client");
+    let options = format!("sslmode=require sslcert={} sslkey={}", cert.display(), key.display());
+    let (ok, out) = psql(port, &options, "SELECT 1").await;
+    assert!(ok, "{out}");
 }

@@ -140,6 +140,34 @@ impl Cluster {
         self.dir.path().join("data")
     }
 
+    /// Turns TLS on with `cert_pem` and `key_pem` (as the data directory's
+    /// `server.crt`/`server.key`), and waits until new connections get it.
+    /// Connections over TCP may then use TLS or not, as pg_hba.conf's `host`
+    /// lines allow both.
+    pub fn enable_ssl(&self, cert_pem: &str, key_pem: &str) -> Result<(), ClusterError> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            chown(&path, self.owner)?;
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on")?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        // The postmaster rereads its configuration asynchronously.
+        for _ in 0..200 {
+            if self.psql("postgres", "SHOW ssl")?.trim() == "on" {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(ClusterError::Command {
+            what: "enabling ssl".into(),
+            detail: format!("ssl is still off; see {}", self.log_path().display()),
+        })
+    }
+
     /// Runs SQL through psql on the Unix socket as the superuser; returns stdout.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, ClusterError> {
         let out = run(

@@ -119,6 +119,30 @@ impl ClientError {
         )
     }
 
+    /// 28000: `listen.client_ca` is set and the client presented no
+    /// certificate (or connected without TLS).
+    pub fn client_certificate_required() -> Self {
+        Self::fatal(
+            ErrorKind::Policy,
+            "28000",
+            "pgwarden requires a client certificate: connect with TLS and sslcert/sslkey \
+             set to a certificate whose common name (CN) is your login role",
+        )
+    }
+
+    /// 28000: the client certificate's common name is not the login role.
+    pub fn certificate_role_mismatch(cn: &str, role: &str) -> Self {
+        Self::fatal(
+            ErrorKind::Policy,
+            "28000",
+            format!(
+                "the client certificate is for \"{cn}\" but the connection logs in as role \
+                 \"{role}\"; log in as \"{cn}\" or use a certificate whose common name (CN) \
+                 is \"{role}\""
+            ),
+        )
+    }
+
     /// 28000: outside the role's allowed hours.
     pub fn outside_hours(role: &str, hours: &str) -> Self {
         Self::fatal(
@@ -147,6 +171,29 @@ impl ClientError {
                 "too many connections for role \"{role}\" (limits.max_connections_per_user); \
                  close one or try again later"
             ),
+        )
+    }
+
+    /// 08006: Postgres was reached, but `upstream.tls` could not be
+    /// satisfied (no TLS offered, certificate not trusted or for another
+    /// name). The address is deliberately absent.
+    pub fn upstream_tls_failed() -> Self {
+        Self::fatal(
+            ErrorKind::Upstream,
+            "08006",
+            "pgwarden could not open a secure connection to the database server \
+             (upstream.tls); ask the operator to check the server's certificate and \
+             upstream.ca",
+        )
+    }
+
+    /// The text of the 53400 a statement over `limits.queries_per_second_per_user`
+    /// gets (raised in its place, as an ERROR: the session stays usable).
+    pub fn rate_limited_message(role: &str, rate: u32) -> String {
+        format!(
+            "role \"{role}\" exceeded its rate of {rate} statements per second \
+             (limits.queries_per_second_per_user); the statement was not run, retry it \
+             after a pause"
         )
     }
 

@@ -73,14 +73,32 @@ pub async fn connect_admin(config: &Config) -> Result<Client, KeysError> {
         let pw = secret.resolve().map_err(KeysError::Config)?;
         pg.password(pw.expose());
     }
-    let (client, conn) =
-        pg.connect(tokio_postgres::NoTls).await.map_err(|e| KeysError::Connect(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "admin connection closed");
+    // The same upstream.tls as sessions, with the same rustls configuration.
+    let tls = crate::upstream::tls::setup(up).map_err(KeysError::Config)?;
+    let connect_err = |e: tokio_postgres::Error| KeysError::Connect(e.to_string());
+    let client = match tls {
+        None => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(connect_err)?;
+            tokio::spawn(drive(conn));
+            client
         }
-    });
+        Some(setup) => {
+            pg.ssl_mode(crate::upstream::tls::postgres_ssl_mode(setup.mode));
+            let tls = crate::upstream::tls::PostgresTls(setup);
+            let (client, conn) = pg.connect(tls).await.map_err(connect_err)?;
+            tokio::spawn(drive(conn));
+            client
+        }
+    };
     Ok(client)
+}
+
+/// Runs the admin connection until it closes.
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
+    if let Err(e) = conn.await {
+        tracing::warn!(error = %e, "admin connection closed");
+    }
 }
 
 fn master_key(config: &Config) -> Result<MasterKey, KeysError> {

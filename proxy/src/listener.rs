@@ -18,7 +18,7 @@ use crate::cancel::CancelMap;
 use crate::error::ClientError;
 use crate::handshake::{self, Opening};
 use crate::metrics::{ConnectionOutcome, Metrics};
-use crate::policy::{Lockouts, UserSlots};
+use crate::policy::{Lockouts, RateLimits, UserSlots};
 use crate::session;
 use crate::upstream::UpstreamTarget;
 
@@ -38,6 +38,8 @@ pub struct Shared {
     pub user_slots: UserSlots,
     /// Failed logins per (role, address), for the lockout.
     pub lockouts: Lockouts,
+    /// Statement rate per role, for `limits.queries_per_second_per_user`.
+    pub rate_limits: RateLimits,
     /// TLS toward clients; empty when `listen.tls_cert` is not set. Rebuilt
     /// from the files on every reload, so rotated certificates take effect
     /// for new connections without dropping any.
@@ -110,6 +112,7 @@ impl ProxyHandle {
         keep!(upstream.host, "upstream.host");
         keep!(upstream.port, "upstream.port");
         keep!(upstream.tls, "upstream.tls");
+        keep!(upstream.ca, "upstream.ca");
         keep!(upstream.connect_timeout, "upstream.connect_timeout");
         keep!(metrics.address, "metrics.address");
         keep!(columns, "columns");
@@ -122,6 +125,7 @@ impl ProxyHandle {
         if let Some(enc) = &self.shared.encryption {
             enc.access.store(Arc::new(crate::access::AccessPolicy::new(&new)));
         }
+        self.shared.rate_limits.set_rate(new.limits.queries_per_second_per_user);
         self.shared.config.store(Arc::new(new));
         Ok(restart)
     }
@@ -157,8 +161,11 @@ impl Proxy {
         let admin = bind_admin(&config).await?;
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let tls = crate::tls::acceptor(&config.listen).map_err(std::io::Error::other)?;
+        let upstream = UpstreamTarget::from_config(&config.upstream)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let shared = Arc::new(Shared {
-            upstream: UpstreamTarget::from_config(&config.upstream),
+            upstream,
+            rate_limits: RateLimits::new(config.limits.queries_per_second_per_user),
             config: ArcSwap::new(config),
             cancels: CancelMap::default(),
             metrics,

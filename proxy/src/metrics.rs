@@ -115,6 +115,8 @@ label_enum! {
         RoleCapacity = "role_capacity",
         /// TLS required and not used.
         Tls = "tls",
+        /// No client certificate, or one whose CN is not the login role.
+        Certificate = "certificate",
     }
 }
 
@@ -147,6 +149,9 @@ pub struct Metrics {
     upstream_connect: Histogram,
     /// `pgwarden_denied_total{reason}`, indexed by [`Denial`].
     denied: Vec<IntCounter>,
+    /// `pgwarden_rate_limited_total`: statements refused with 53400 by
+    /// `limits.queries_per_second_per_user` (the session goes on).
+    rate_limited: IntCounter,
 }
 
 impl Metrics {
@@ -235,6 +240,12 @@ impl Metrics {
             Denial::ALL.iter().map(|d| by_reason.with_label_values(&[d.as_str()])).collect();
         reg(Box::new(by_reason))?;
 
+        let rate_limited = IntCounter::new(
+            "pgwarden_rate_limited_total",
+            "Statements refused (53400) by limits.queries_per_second_per_user",
+        )?;
+        reg(Box::new(rate_limited.clone()))?;
+
         Ok(Self {
             registry,
             connections_active,
@@ -245,6 +256,7 @@ impl Metrics {
             auth_failures,
             upstream_connect,
             denied,
+            rate_limited,
         })
     }
 
@@ -286,6 +298,11 @@ impl Metrics {
         if let Some(c) = self.denied.get(reason as usize) {
             c.inc();
         }
+    }
+
+    /// A statement refused by the rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited.inc();
     }
 
     /// Adds one read's worth of relayed bytes: called per batch, not per message.
@@ -466,6 +483,7 @@ mod tests {
             "pgwarden_denied_total{reason=\"protocol\"} 0",
             "pgwarden_statement_duration_seconds_count 0",
             "pgwarden_upstream_connect_seconds_count 0",
+            "pgwarden_rate_limited_total 0",
         ] {
             assert!(t.contains(&format!("{line}\n")), "missing {line} in\n{t}");
         }

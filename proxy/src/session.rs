@@ -35,6 +35,7 @@ use crate::pipeline::backend::Answer;
 use crate::pipeline::{Backend, Frontend, Queue};
 use crate::policy;
 use crate::protocol::{self, Fill, FrameError, Framer, StartupPacket};
+use crate::tls::ClientTls;
 
 /// Bytes the encryption pipeline gathers for the client before writing them.
 const FLUSH_AT: usize = 64 * 1024;
@@ -121,8 +122,9 @@ async fn serve_in_span(
                 }
                 match tokio::time::timeout(limit, acceptor.accept(client)).await {
                     Ok(Ok(stream)) => {
+                        let tls = ClientTls::of(stream.get_ref().1);
                         let (mut rd, mut wr) = tokio::io::split(stream);
-                        finish(&mut rd, &mut wr, peer, &shared, &shutdown, None, true).await;
+                        finish(&mut rd, &mut wr, peer, &shared, &shutdown, None, Some(tls)).await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(error = %e, "TLS handshake failed");
@@ -145,7 +147,7 @@ async fn serve_in_span(
         }
     }
     let (mut crd, mut cwr) = client.into_split();
-    finish(&mut crd, &mut cwr, peer, &shared, &shutdown, first, false).await;
+    finish(&mut crd, &mut cwr, peer, &shared, &shutdown, first, None).await;
 }
 
 /// Runs the session on its (plain or TLS) halves and closes it.
@@ -156,7 +158,7 @@ async fn finish<CR, CW>(
     shared: &Shared,
     shutdown: &CancellationToken,
     first: Option<StartupPacket>,
-    tls: bool,
+    tls: Option<ClientTls>,
 ) where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
@@ -202,7 +204,7 @@ async fn run<CR, CW>(
     shared: &Shared,
     shutdown: &CancellationToken,
     first: Option<StartupPacket>,
-    tls: bool,
+    tls: Option<ClientTls>,
 ) -> (End, ConnectionOutcome)
 where
     CR: AsyncRead + Unpin,
@@ -228,7 +230,8 @@ where
             tracing::info!(role, reason = why.as_str(), "connection refused by policy");
             End::Refused(e)
         };
-        policy::check_network(&config, role, peer.ip(), SystemTime::now(), tls)
+        policy::check_network(&config, role, peer.ip(), SystemTime::now(), tls.is_some())
+            .and_then(|()| policy::check_client_cert(&config, role, tls.as_ref()))
             .map_err(|(e, why)| refuse(e, why))?;
         if let Some(left) = shared.lockouts.locked(role, peer.ip()) {
             return Err(refuse(ClientError::locked_out(left), Denial::Lockout));
@@ -238,10 +241,10 @@ where
                 || refuse(ClientError::too_many_connections_for_role(role), Denial::RoleCapacity),
             )?;
         let connecting = Instant::now();
-        let conn = shared.upstream.connect().await.map_err(|e| {
+        let conn = shared.upstream.open().await.map_err(|e| {
             tracing::warn!(error = %e, "cannot reach upstream Postgres");
             unreachable = true;
-            End::Upstream(ClientError::upstream_unreachable())
+            End::Upstream(e.client_error())
         })?;
         metrics.upstream_connected(connecting.elapsed().as_secs_f64());
         let addr =
@@ -272,10 +275,12 @@ where
         let encryption =
             shared.encryption.as_ref().filter(|e| e.database == startup.database()).cloned();
         // The policy identity: the login role, whatever SET ROLE does later.
-        let role: Arc<str> = Arc::from(startup.user());
-        Ok((urd, uwr, registration, slot, encryption, role))
+        let identity: Arc<str> = Arc::from(role);
+        // Only a limited session looks at each message for the rate.
+        let rate = shared.rate_limits.limiter(role);
+        Ok((urd, uwr, registration, slot, encryption, rate, identity))
     };
-    let (mut urd, mut uwr, registration, _slot, encryption, role) = tokio::select! {
+    let (mut urd, mut uwr, registration, _slot, encryption, rate, identity) = tokio::select! {
         r = tokio::time::timeout(listen.handshake_timeout.get(), handshake) => match r {
             Ok(Ok(established)) => established,
             Ok(Err(end)) if unreachable => return (end, ConnectionOutcome::UpstreamUnreachable),
@@ -300,12 +305,13 @@ where
         queue: Queue::default(),
     };
     let max_row = listen.max_message_bytes as usize;
-    let mut frontend = encryption.clone().map(|e| Frontend::new(e, max_row, role.clone()));
-    let mut backend = encryption.map(|e| Backend::new(e, role));
+    let mut frontend = encryption.clone().map(|e| Frontend::new(e, max_row, identity.clone()));
+    let mut backend = encryption.map(|e| Backend::new(e, identity));
+    let stages = Stages { rate, frontend: frontend.as_mut() };
     let end = tokio::select! {
         biased;
         end = client_to_upstream(
-            &mut client, crd, &mut uwr, &state, metrics, listen.idle_timeout(), frontend.as_mut(),
+            &mut client, crd, &mut uwr, &state, metrics, listen.idle_timeout(), stages,
         ) => end,
         end = upstream_to_client(
             &mut upstream, &mut urd, cwr, &state, metrics, listen.shutdown_grace.get(),
@@ -372,6 +378,15 @@ impl SessionState {
     }
 }
 
+/// What the client's messages pass through on their way to Postgres; with
+/// both `None` (pass-through) the loop forwards the framer's bytes untouched.
+struct Stages<'a> {
+    /// `limits.queries_per_second_per_user`, when on for this session.
+    rate: Option<policy::Limiter>,
+    /// The encryption pipeline, for sessions on the registered database.
+    frontend: Option<&'a mut Frontend>,
+}
+
 /// Client → Postgres. Cancel safe at its await points (a [`Framer`] keeps what
 /// it read), except within a write, which only a session's end interrupts.
 async fn client_to_upstream<R, W>(
@@ -381,7 +396,7 @@ async fn client_to_upstream<R, W>(
     state: &SessionState,
     metrics: &Metrics,
     idle_timeout: Option<Duration>,
-    mut frontend: Option<&mut Frontend>,
+    mut stages: Stages<'_>,
 ) -> End
 where
     R: AsyncRead + Unpin,
@@ -406,7 +421,10 @@ where
         let mut terminated = false;
         // Read at the first round trip of the batch, shared by the others.
         let mut now = None;
-        if let Some(front) = frontend.as_deref_mut() {
+        if stages.rate.is_some() || stages.frontend.is_some() {
+            if let Some(rate) = stages.rate.as_mut() {
+                rate.begin_batch();
+            }
             let mut error = None;
             while !terminated {
                 let msg = match framer.next_message() {
@@ -417,9 +435,21 @@ where
                         break;
                     }
                 };
+                let msg = match stages.rate.as_mut() {
+                    Some(rate) => match rate.filter(msg, metrics) {
+                        Some(msg) => msg,
+                        None => continue,
+                    },
+                    None => msg,
+                };
                 terminated = track(state, msg.tag, &mut now);
-                if !front.handle(msg, &state.queue, &mut out) {
-                    return state.fail_client(ClientError::too_many_pending()).await;
+                match stages.frontend.as_deref_mut() {
+                    Some(front) => {
+                        if !front.handle(msg, &state.queue, &mut out) {
+                            return state.fail_client(ClientError::too_many_pending()).await;
+                        }
+                    }
+                    None => out.extend_from_slice(&msg.frame),
                 }
             }
             if !out.is_empty() {
