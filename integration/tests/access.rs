@@ -526,3 +526,46 @@ with psycopg.connect(sys.argv[1]) as conn:
     }
     assert_eq!(lines[6], "refused 42501");
 }
+
+/// One sample of the Prometheus text, by its exact series.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crypto_masking_and_denials_are_counted_per_column() {
+    let env = start().await;
+    let (_, before) = env.env.admin_get("/metrics").await;
+    // The rows written at start: one ssn per customer, one t per masks row.
+    let enc =
+        |c: &str| format!("pgwarden_crypto_operations_total{{column=\"{c}\",op=\"encrypt\"}}");
+    let dec =
+        |c: &str| format!("pgwarden_crypto_operations_total{{column=\"{c}\",op=\"decrypt\"}}");
+    let masked = |c: &str| format!("pgwarden_masked_values_total{{column=\"{c}\"}}");
+    let denied = "pgwarden_denied_total{reason=\"column_access\"}";
+    assert_eq!(sample(&before, &enc("public.customers.ssn")), 2.0);
+    assert_eq!(sample(&before, &enc("public.masks.t")), 3.0);
+    assert_eq!(sample(&before, &dec("public.customers.ssn")), 0.0);
+
+    let full = env.client("full_r").await;
+    simple(&full, "SELECT ssn FROM customers").await.unwrap();
+    full.query("SELECT ssn, card FROM customers WHERE ssn = $1", &[&"123-45-6789"]).await.unwrap();
+    let masked_r = env.client("masked_r").await;
+    simple(&masked_r, "SELECT ssn FROM customers").await.unwrap();
+    let denied_r = env.client("denied_r").await;
+    simple(&denied_r, "SELECT ssn FROM customers").await.unwrap_err();
+    denied_r.query("SELECT * FROM customers", &[]).await.unwrap_err();
+
+    let (_, after) = env.env.admin_get("/metrics").await;
+    assert_eq!(sample(&after, &dec("public.customers.ssn")), 5.0);
+    assert_eq!(sample(&after, &dec("public.customers.card")), 1.0);
+    // The equality parameter was encrypted.
+    assert_eq!(sample(&after, &enc("public.customers.ssn")), 3.0);
+    assert_eq!(sample(&after, &masked("public.customers.ssn")), 2.0);
+    assert_eq!(sample(&after, &masked("public.customers.card")), 0.0);
+    assert_eq!(sample(&after, denied) - sample(&before, denied), 2.0);
+    assert!(!after.contains("123-45-6789") && !after.contains("full_r"));
+}

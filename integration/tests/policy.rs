@@ -151,6 +151,8 @@ async fn repeated_wrong_passwords_lock_the_role_out_from_that_address_for_a_whil
     assert_eq!(e.code().map(|c| c.code()), Some("28000"), "{e:?}");
     let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
     assert!(message.contains("too many failed logins"), "{e:?}");
+    let (_, metrics) = env.admin_get("/metrics").await;
+    assert!(metrics.contains("\npgwarden_lockouts_active 1\n"), "{metrics}");
     // Other roles are not locked.
     pgwarden_integration::connect(&env.proxy_url(roles::MD5, "postgres")).await;
     // And the lockout ends.
@@ -158,6 +160,7 @@ async fn repeated_wrong_passwords_lock_the_role_out_from_that_address_for_a_whil
     pgwarden_integration::connect(&url(PASSWORD)).await;
     let (_, metrics) = env.admin_get("/metrics").await;
     assert!(metrics.contains("pgwarden_denied_total{reason=\"lockout\"} 1"), "{metrics}");
+    assert!(metrics.contains("\npgwarden_lockouts_active 0\n"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

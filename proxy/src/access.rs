@@ -141,6 +141,7 @@ mod tests {
             key: "k".into(),
             logical_type: pgwarden_config::LogicalType::Text,
             aad: Vec::new(),
+            id: 0,
         }
     }
 

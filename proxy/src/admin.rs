@@ -129,7 +129,9 @@ impl Admin {
         }
         match path {
             "/metrics" => {
-                let mut r = Response::new(Full::new(Bytes::from(self.shared.metrics.encode())));
+                let metrics = &self.shared.metrics;
+                metrics.lockouts_active.set(self.shared.lockouts.active() as i64);
+                let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
                 r

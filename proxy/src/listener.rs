@@ -150,16 +150,19 @@ impl Proxy {
     /// passed validation.
     pub async fn bind(config: Arc<Config>) -> std::io::Result<Self> {
         // Fail closed: without its keys and columns the proxy does not start.
+        let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let encryption = crate::pipeline::Encryption::load(&config)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?
-            .map(Arc::new);
+            .map(|mut e| {
+                e.metrics = metrics.columns(config.columns.iter().map(|c| c.name.as_str()));
+                Arc::new(e)
+            });
         let addr = config.listen_addr().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "listen.address is invalid")
         })?;
         let listener = TcpListener::bind(addr).await?;
         let admin = bind_admin(&config).await?;
-        let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let tls = crate::tls::acceptor(&config.listen).map_err(std::io::Error::other)?;
         let upstream = UpstreamTarget::from_config(&config.upstream)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

@@ -115,6 +115,9 @@ label_enum! {
         RoleCapacity = "role_capacity",
         /// TLS required and not used.
         Tls = "tls",
+        /// A statement read a column the role is denied, or wrote one it may
+        /// not write (42501).
+        ColumnAccess = "column_access",
         /// No client certificate, or one whose CN is not the login role.
         Certificate = "certificate",
     }
@@ -152,6 +155,111 @@ pub struct Metrics {
     /// `pgwarden_rate_limited_total`: statements refused with 53400 by
     /// `limits.queries_per_second_per_user` (the session goes on).
     rate_limited: IntCounter,
+    /// `pgwarden_crypto_operations_total{op,column}`; children made per
+    /// registered column by [`Metrics::columns`].
+    crypto_operations: IntCounterVec,
+    /// `pgwarden_masked_values_total{column}`.
+    masked_values: IntCounterVec,
+    /// `pgwarden_crypto_duration_seconds`: one value decrypted, sampled.
+    crypto_duration: Histogram,
+    /// `pgwarden_lockouts_active`: (role, address) pairs locked out now, set
+    /// when scraped.
+    pub lockouts_active: IntGauge,
+}
+
+/// Per registered column (by [`crate::sql::EncryptedColumn::id`]), the
+/// counters the encryption pipeline adds to, and the column-access denials.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnMetrics {
+    encrypted: Vec<IntCounter>,
+    decrypted: Vec<IntCounter>,
+    masked: Vec<IntCounter>,
+    denied: Option<IntCounter>,
+    duration: Option<Histogram>,
+}
+
+/// What one session's pipeline did since it last reported, per column:
+/// plain integers on the per-value path, added to the shared counters once
+/// per round trip.
+#[derive(Debug, Default)]
+pub struct ColumnTally {
+    /// (encrypted, decrypted, masked) per column id.
+    counts: Vec<[u64; 3]>,
+    dirty: bool,
+    /// Values since the last timed one.
+    since_sample: u32,
+}
+
+/// One value in this many is timed for `pgwarden_crypto_duration_seconds`:
+/// a clock read per value would cost more than some decryptions.
+const CRYPTO_SAMPLE: u32 = 64;
+
+impl ColumnTally {
+    pub fn encrypted(&mut self, id: usize) {
+        self.add(id, 0);
+    }
+
+    pub fn decrypted(&mut self, id: usize) {
+        self.add(id, 1);
+    }
+
+    pub fn masked(&mut self, id: usize) {
+        self.add(id, 2);
+    }
+
+    #[inline]
+    fn add(&mut self, id: usize, what: usize) {
+        if id >= self.counts.len() {
+            self.counts.resize(id + 1, [0; 3]);
+        }
+        self.counts[id][what] += 1;
+        self.dirty = true;
+    }
+
+    /// Whether to time the next crypto operation.
+    #[inline]
+    pub fn sample(&mut self) -> bool {
+        self.since_sample += 1;
+        if self.since_sample >= CRYPTO_SAMPLE {
+            self.since_sample = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Adds what was counted to `to`, and starts again.
+    pub fn flush(&mut self, to: &ColumnMetrics) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
+        for (id, counts) in self.counts.iter_mut().enumerate() {
+            for (n, counters) in counts.iter_mut().zip([&to.encrypted, &to.decrypted, &to.masked]) {
+                if *n > 0 {
+                    if let Some(c) = counters.get(id) {
+                        c.inc_by(*n);
+                    }
+                    *n = 0;
+                }
+            }
+        }
+    }
+}
+
+impl ColumnMetrics {
+    /// A 42501 for a column the role may not read or write.
+    pub fn denied(&self) {
+        if let Some(c) = &self.denied {
+            c.inc();
+        }
+    }
+
+    /// One timed decryption.
+    pub fn observe(&self, seconds: f64) {
+        if let Some(h) = &self.duration {
+            h.observe(seconds);
+        }
+    }
 }
 
 impl Metrics {
@@ -246,6 +354,33 @@ impl Metrics {
         )?;
         reg(Box::new(rate_limited.clone()))?;
 
+        let crypto_operations = IntCounterVec::new(
+            Opts::new(
+                "pgwarden_crypto_operations_total",
+                "Values of encrypted columns encrypted or decrypted, by column",
+            ),
+            &["op", "column"],
+        )?;
+        reg(Box::new(crypto_operations.clone()))?;
+        let masked_values = IntCounterVec::new(
+            Opts::new("pgwarden_masked_values_total", "Values shown masked, by column"),
+            &["column"],
+        )?;
+        reg(Box::new(masked_values.clone()))?;
+        let crypto_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgwarden_crypto_duration_seconds",
+                "Time to decrypt one value of an encrypted column (one value in 64 is timed)",
+            )
+            .buckets(vec![1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3]),
+        )?;
+        reg(Box::new(crypto_duration.clone()))?;
+        let lockouts_active = IntGauge::new(
+            "pgwarden_lockouts_active",
+            "(role, client address) pairs locked out after failed logins",
+        )?;
+        reg(Box::new(lockouts_active.clone()))?;
+
         Ok(Self {
             registry,
             connections_active,
@@ -257,7 +392,27 @@ impl Metrics {
             upstream_connect,
             denied,
             rate_limited,
+            crypto_operations,
+            masked_values,
+            crypto_duration,
+            lockouts_active,
         })
+    }
+
+    /// The counters of the registered columns, `names` in configuration
+    /// order (their ids).
+    pub fn columns<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> ColumnMetrics {
+        let mut m = ColumnMetrics {
+            denied: self.denied.get(Denial::ColumnAccess as usize).cloned(),
+            duration: Some(self.crypto_duration.clone()),
+            ..ColumnMetrics::default()
+        };
+        for name in names {
+            m.encrypted.push(self.crypto_operations.with_label_values(&["encrypt", name]));
+            m.decrypted.push(self.crypto_operations.with_label_values(&["decrypt", name]));
+            m.masked.push(self.masked_values.with_label_values(&[name]));
+        }
+        m
     }
 
     /// Every metric in the Prometheus text exposition format.

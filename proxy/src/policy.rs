@@ -173,6 +173,13 @@ impl Lockouts {
     pub fn succeeded(&self, role: &str, ip: IpAddr) {
         lock(&self.entries).remove(&(role.to_string(), canonical(ip)));
     }
+
+    /// Pairs locked out now, for `pgwarden_lockouts_active` (at scrape time,
+    /// not on any session's path).
+    pub fn active(&self) -> usize {
+        let now = Instant::now();
+        lock(&self.entries).values().filter(|f| f.locked_until.is_some_and(|u| u > now)).count()
+    }
 }
 
 /// Drops entries neither locked nor counting within `window`; if none could go,

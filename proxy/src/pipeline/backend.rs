@@ -15,6 +15,7 @@ use super::copy::CopyOut;
 use super::{Encryption, Pending, Queue};
 use crate::access::mask;
 use crate::crypto::{codec, Format};
+use crate::metrics::ColumnTally;
 use crate::protocol::messages::{self, ResultFormats};
 use crate::protocol::{self, Message};
 use crate::sql::{CopySpec, EncryptedColumn};
@@ -86,6 +87,8 @@ pub struct Backend {
     enc: Arc<Encryption>,
     /// The login role: whose policy applies.
     role: Arc<str>,
+    /// Values decrypted and masked, reported at each ReadyForQuery.
+    tally: ColumnTally,
     /// Result columns of prepared statements, learned from their Describe.
     statements: HashMap<Bytes, Sources>,
     /// The plan of each bound portal.
@@ -123,6 +126,7 @@ impl Backend {
         Self {
             enc,
             role,
+            tally: ColumnTally::default(),
             statements: HashMap::new(),
             portals: HashMap::new(),
             current: empty.clone(),
@@ -299,7 +303,8 @@ impl Backend {
                         self.deny(&c, out);
                         return Ok(Answer::Relayed);
                     }
-                    self.copy_out = Some(CopyOut::new(spec, fields.into()));
+                    let metrics = self.enc.metrics.clone();
+                    self.copy_out = Some(CopyOut::new(spec, fields.into(), metrics));
                 }
             }
             b'd' if forward && self.copy_out.is_some() => {
@@ -359,6 +364,7 @@ impl Backend {
             }
             b'Z' => {
                 self.copy_out = None;
+                self.tally.flush(&self.enc.metrics);
                 while let Some(p) = q.pop_front() {
                     if matches!(p, Pending::Sync | Pending::Simple) {
                         break;
@@ -439,6 +445,7 @@ impl Backend {
     fn deny(&mut self, column: &EncryptedColumn, out: &mut BytesMut) {
         let message = crate::access::denied_message(&self.role, &column.name);
         tracing::info!(column = %column.name, "result refused: column denied to the role");
+        self.enc.metrics.denied();
         out.put_slice(&protocol::error_response("ERROR", INSUFFICIENT_PRIVILEGE, &message));
         self.poisoned = true;
     }
@@ -476,6 +483,7 @@ impl Backend {
                         return Ok(());
                     }
                     if let Action::Mask(m) = &f.action {
+                        self.tally.masked(f.column.id);
                         let keyring = self.enc.keyring.load();
                         let hash = |t: &[u8]| {
                             keyring.readable(&f.column.key).first().map(|c| c.mask_hash(t))
@@ -516,11 +524,16 @@ impl Backend {
                 &self.envelope
             }
         };
+        let timed = self.tally.sample().then(std::time::Instant::now);
         self.enc
             .keyring
             .load()
             .decrypt(&c.aad, envelope, &mut self.plain)
             .map_err(|e| format!("column {}: {e}", c.name))?;
+        if let Some(started) = timed {
+            self.enc.metrics.observe(started.elapsed().as_secs_f64());
+        }
+        self.tally.decrypted(c.id);
         self.encoded.zeroize();
         self.encoded.clear();
         let shown = match f.action {

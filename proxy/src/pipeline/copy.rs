@@ -15,6 +15,7 @@ use super::backend::Action;
 use super::frontend::{encrypt, invalid_value, Refused};
 use crate::access::mask;
 use crate::crypto::{codec, Format, Keyring};
+use crate::metrics::{ColumnMetrics, ColumnTally};
 use crate::protocol::messages;
 use crate::sql::{CopyFormat, CopySpec, EncryptedColumn};
 
@@ -220,10 +221,19 @@ pub struct CopyIn {
     ranges: Vec<Range<usize>>,
     scratch: Vec<u8>,
     row: Vec<u8>,
+    /// Values encrypted, reported when the COPY ends.
+    tally: ColumnTally,
+    metrics: ColumnMetrics,
+}
+
+impl Drop for CopyIn {
+    fn drop(&mut self) {
+        self.tally.flush(&self.metrics);
+    }
 }
 
 impl CopyIn {
-    pub fn new(spec: Arc<CopySpec>, max_row: usize) -> Option<Self> {
+    pub fn new(spec: Arc<CopySpec>, max_row: usize, metrics: ColumnMetrics) -> Option<Self> {
         let crate::sql::CopyDirection::In(columns) = &spec.direction else { return None };
         let columns = columns.clone();
         Some(Self {
@@ -236,6 +246,8 @@ impl CopyIn {
             ranges: Vec::new(),
             scratch: Vec::new(),
             row: Vec::new(),
+            tally: ColumnTally::default(),
+            metrics,
         })
     }
 
@@ -317,6 +329,7 @@ impl CopyIn {
                 .map_err(|e| invalid_value(&column.name, e))?;
             let mut envelope = Vec::new();
             encrypt(keyring, column, &canonical, &mut envelope)?;
+            self.tally.encrypted(column.id);
             let mut hex = Vec::with_capacity(2 + 2 * envelope.len());
             codec::to_text(crate::crypto::LogicalType::Bytea, &envelope, &mut hex)
                 .map_err(|e| invalid_value(&column.name, e))?;
@@ -341,11 +354,15 @@ pub struct CopyOut {
     plain: Vec<u8>,
     text: Vec<u8>,
     row: Vec<u8>,
+    /// Values decrypted and masked, reported when the COPY ends.
+    tally: ColumnTally,
+    metrics: ColumnMetrics,
 }
 
 impl Drop for CopyOut {
     fn drop(&mut self) {
         use zeroize::Zeroize;
+        self.tally.flush(&self.metrics);
         self.plain.zeroize();
         self.text.zeroize();
         self.row.zeroize();
@@ -353,7 +370,11 @@ impl Drop for CopyOut {
 }
 
 impl CopyOut {
-    pub fn new(spec: Arc<CopySpec>, sources: Arc<[(usize, Arc<EncryptedColumn>, Action)]>) -> Self {
+    pub fn new(
+        spec: Arc<CopySpec>,
+        sources: Arc<[(usize, Arc<EncryptedColumn>, Action)]>,
+        metrics: ColumnMetrics,
+    ) -> Self {
         Self {
             header: spec.header,
             spec,
@@ -364,6 +385,8 @@ impl CopyOut {
             plain: Vec::new(),
             text: Vec::new(),
             row: Vec::new(),
+            tally: ColumnTally::default(),
+            metrics,
         }
     }
 
@@ -400,6 +423,7 @@ impl CopyOut {
             super::backend::decode_bytea_text(&self.scratch, &mut self.envelope)
                 .ok_or_else(|| fail(&"the stored value is not bytea text"))?;
             keyring.decrypt(&column.aad, &self.envelope, &mut self.plain).map_err(|e| fail(&e))?;
+            self.tally.decrypted(column.id);
             self.text.clear();
             codec::encode(column.logical_type, Format::Text, &self.plain, &mut self.text)
                 .map_err(|e| fail(&e))?;
@@ -408,6 +432,7 @@ impl CopyOut {
                 Action::Mask(m) => {
                     let hash =
                         |t: &[u8]| keyring.readable(&column.key).first().map(|c| c.mask_hash(t));
+                    self.tally.masked(column.id);
                     if mask::apply(m, &self.text, hash, &mut self.plain) {
                         put_field(&self.spec, &self.plain, &mut self.row);
                     } else {

@@ -57,6 +57,8 @@ pub struct Frontend {
     copy_failed: bool,
     /// Longest COPY row accepted.
     max_row: usize,
+    /// Values encrypted, reported at each Query and Sync.
+    tally: crate::metrics::ColumnTally,
 }
 
 impl Frontend {
@@ -74,6 +76,7 @@ impl Frontend {
             copy_in: None,
             copy_failed: false,
             max_row,
+            tally: crate::metrics::ColumnTally::default(),
         }
     }
 
@@ -100,7 +103,11 @@ impl Frontend {
             self.copy_failed = false;
         }
         let pending = match msg.tag {
-            b'Q' => return self.query(&msg, queue, out),
+            b'Q' => {
+                let ok = self.query(&msg, queue, out);
+                self.tally.flush(&self.enc.metrics);
+                return ok;
+            }
             b'd' | b'c' if self.copy_failed => return true,
             b'd' if self.copy_in.is_some() => {
                 self.copy_data(&msg, queue, out);
@@ -140,7 +147,8 @@ impl Frontend {
                 let portal = Reader::new(msg.body()).cstr().unwrap_or_default();
                 let portal = msg.frame.slice(5..5 + portal.len());
                 if let Some(spec) = self.copy_portals.get(&portal) {
-                    self.copy_in = CopyIn::new(spec.clone(), self.max_row);
+                    self.copy_in =
+                        CopyIn::new(spec.clone(), self.max_row, self.enc.metrics.clone());
                 }
                 Pending::Execute { portal }
             }
@@ -158,6 +166,7 @@ impl Frontend {
                 Pending::Close { statement }
             }
             b'S' => {
+                self.tally.flush(&self.enc.metrics);
                 self.skipping = false;
                 forward(out);
                 Pending::Sync
@@ -179,7 +188,9 @@ impl Frontend {
             Ok(Prepared { sql, copy, .. }) => {
                 if let Some(spec) = copy {
                     match &spec.direction {
-                        CopyDirection::In(_) => self.copy_in = CopyIn::new(spec, self.max_row),
+                        CopyDirection::In(_) => {
+                            self.copy_in = CopyIn::new(spec, self.max_row, self.enc.metrics.clone())
+                        }
                         CopyDirection::Out(source) => {
                             let source = source.clone();
                             messages::describe_unnamed(&source, out);
@@ -334,7 +345,7 @@ impl Frontend {
 
     /// The encrypted values of the parameters bound for encrypted columns.
     fn encrypt_params(
-        &self,
+        &mut self,
         bind: &Bind<'_>,
         sites: &[BoundParam],
     ) -> Result<messages::Replaced, Refused> {
@@ -356,6 +367,7 @@ impl Frontend {
                 .map_err(|e| invalid_value(&column.name, e))?;
             let mut envelope = Vec::new();
             encrypt(&keyring, column, &canonical, &mut envelope)?;
+            self.tally.encrypted(column.id);
             values.push((site.index, Some(envelope)));
         }
         Ok(values)
@@ -364,7 +376,7 @@ impl Frontend {
     /// Analyses a statement: its text with the literals bound for encrypted
     /// columns encrypted (`None` when nothing changes), and the parameters
     /// bound for encrypted columns.
-    fn prepare(&self, text: &[u8]) -> Result<Prepared, Refused> {
+    fn prepare(&mut self, text: &[u8]) -> Result<Prepared, Refused> {
         let Ok(sql) = std::str::from_utf8(text) else {
             if self.enc.registry.load().may_touch(&String::from_utf8_lossy(text)) {
                 return Err(Refused(
@@ -406,6 +418,7 @@ impl Frontend {
                 .map_err(|e| invalid_value(&column.name, e))?;
             let mut envelope = Vec::new();
             encrypt(&keyring, column, &canonical, &mut envelope)?;
+            self.tally.encrypted(column.id);
             sites.push((lit.range.clone(), envelope));
         }
         let sql = sql::rewrite::replace_literals(sql, sites)
@@ -423,6 +436,7 @@ impl Frontend {
         let access = self.enc.access.load();
         for c in reads {
             if access.resolve(&self.role, c).level == pgwarden_config::AccessLevel::Deny {
+                self.enc.metrics.denied();
                 return Err(Refused(
                     INSUFFICIENT_PRIVILEGE,
                     crate::access::denied_message(&self.role, &c.name),
@@ -431,6 +445,7 @@ impl Frontend {
         }
         for c in writes {
             if !access.resolve(&self.role, c).write {
+                self.enc.metrics.denied();
                 return Err(Refused(
                     INSUFFICIENT_PRIVILEGE,
                     crate::access::write_denied_message(&self.role, &c.name),

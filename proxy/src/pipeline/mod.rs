@@ -62,6 +62,9 @@ pub struct Encryption {
     /// What each role gets of each column; swapped on reload, read at every
     /// statement, so that a new policy applies from the next one.
     pub access: ArcSwap<AccessPolicy>,
+    /// The registered columns' counters; set by the proxy once its metrics
+    /// exist (none until then).
+    pub metrics: crate::metrics::ColumnMetrics,
     /// The database the registered columns live in.
     pub database: String,
     /// The proxy's own connection, for reloading the catalog and the keys.
@@ -117,6 +120,7 @@ impl Encryption {
             keyring: ArcSwap::from_pointee(keyring),
             catalog: ArcSwap::from_pointee(catalog),
             access: ArcSwap::from_pointee(AccessPolicy::new(config)),
+            metrics: crate::metrics::ColumnMetrics::default(),
             database: config.upstream.admin_database.clone(),
             db,
         }))

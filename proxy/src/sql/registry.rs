@@ -20,6 +20,8 @@ pub struct EncryptedColumn {
     pub logical_type: LogicalType,
     /// The AAD its envelopes are bound to ([`crate::crypto::envelope::column_aad`]).
     pub aad: Vec<u8>,
+    /// Its position among the configured columns: where its metrics are.
+    pub id: usize,
 }
 
 impl EncryptedColumn {
@@ -50,7 +52,7 @@ impl Registry {
     pub fn new(columns: &[Column]) -> Self {
         let mut tables: HashMap<(String, String), HashMap<String, Arc<EncryptedColumn>>> =
             HashMap::new();
-        for c in columns {
+        for (id, c) in columns.iter().enumerate() {
             let Some((schema, table, column)) = c.parts() else { continue };
             let col = Arc::new(EncryptedColumn {
                 name: c.name.clone(),
@@ -61,6 +63,7 @@ impl Registry {
                 key: c.key.clone(),
                 logical_type: c.logical_type,
                 aad: crate::crypto::envelope::column_aad(schema, table, column),
+                id,
             });
             tables.entry((schema.into(), table.into())).or_default().insert(column.into(), col);
         }
