@@ -569,3 +569,36 @@ async fn crypto_masking_and_denials_are_counted_per_column() {
     assert_eq!(sample(&after, denied) - sample(&before, denied), 2.0);
     assert!(!after.contains("123-45-6789") && !after.contains("full_r"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_a_registered_column_has_no_active_key() {
+    let env = start().await;
+    assert_eq!(env.env.admin_get("/readyz").await.0, 200);
+    let admin = env.env.direct_client().await;
+    admin
+        .batch_execute(
+            "UPDATE pgwarden.encryption_keys SET key_status = 'DEPRECATED' WHERE key_name = 'pci'",
+        )
+        .await
+        .unwrap();
+    env.env.handle.reload_keys().await.unwrap();
+    let (status, body) = env.env.admin_get("/readyz").await;
+    assert_eq!(
+        (status, body.trim()),
+        (503, "not ready: column public.customers.card has no ACTIVE data key pci to write with")
+    );
+    // Reads of what the deprecated key sealed go on.
+    let full = env.client("full_r").await;
+    assert_eq!(
+        simple(&full, "SELECT card FROM customers WHERE id = 1").await.unwrap(),
+        vec![row(&["4111111111111111"])]
+    );
+    admin
+        .batch_execute(
+            "UPDATE pgwarden.encryption_keys SET key_status = 'ACTIVE' WHERE key_name = 'pci'",
+        )
+        .await
+        .unwrap();
+    env.env.handle.reload_keys().await.unwrap();
+    assert_eq!(env.env.admin_get("/readyz").await.0, 200);
+}

@@ -144,13 +144,23 @@ impl Admin {
         }
     }
 
-    /// Ready: not shutting down, and Postgres accepts a TCP connection (checked
-    /// at most once per [`READY_CACHE`]; concurrent probes share one check).
-    /// Later stages add their conditions here (keys loaded, audit sinks
-    /// writable). The reason names no address.
+    /// Ready: not shutting down, every registered column has an ACTIVE data
+    /// key to write with (a key reload can take it away), and Postgres accepts
+    /// a TCP connection (checked at most once per [`READY_CACHE`]; concurrent
+    /// probes share one check). The reason names no address.
     async fn readiness(&self) -> Result<(), String> {
         if self.shutting_down.is_cancelled() {
             return Err("not ready: pgwarden is shutting down".into());
+        }
+        if let Some(enc) = &self.shared.encryption {
+            let keyring = enc.keyring.load();
+            if let Some(c) = enc.registry.load().columns().find(|c| keyring.active(&c.key).is_err())
+            {
+                return Err(format!(
+                    "not ready: column {} has no ACTIVE data key {} to write with",
+                    c.name, c.key
+                ));
+            }
         }
         let mut cached = self.ready.lock().await;
         if let Some((at, result)) = cached.as_ref() {
