@@ -103,6 +103,12 @@ impl Refusal {
 /// Analyses `sql` (one or more statements) against `registry`.
 pub fn analyze(sql: &str, registry: &Registry) -> Result<Analysis, Refusal> {
     if !registry.may_touch(sql) {
+        if !registry.is_empty() && unicode_escaped(sql) {
+            // `U&"cust\006fmers"` names a registered table the pre-filter
+            // cannot see. Results are still guarded by their RowDescription;
+            // a write is refused, never passed through.
+            return unicode_escaped_reads_only(sql);
+        }
         return Ok(Analysis::default());
     }
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|_| {
@@ -123,6 +129,41 @@ pub fn analyze(sql: &str, registry: &Registry) -> Result<Analysis, Refusal> {
         ));
     }
     Ok(analysis)
+}
+
+/// Whether `sql` may hold a Unicode-escaped identifier (`U&"..."`).
+fn unicode_escaped(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(3)
+        .any(|w| w[0].eq_ignore_ascii_case(&b'u') && w[1] == b'&' && w[2] == b'"')
+}
+
+/// A statement with a Unicode-escaped identifier passes only if it plainly
+/// writes nothing: it starts with SELECT, WITH, VALUES or TABLE and has no
+/// INSERT, UPDATE, DELETE, MERGE, COPY or INTO anywhere outside quotes. (The
+/// parser does not read `U&"..."`; the tokenizer does.)
+fn unicode_escaped_reads_only(sql: &str) -> Result<Analysis, Refusal> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let refusal = || {
+        Refusal::Unanalysable(
+            "a statement with a Unicode-escaped identifier (U&\"...\") may write to a table \
+             with encrypted columns, which pgwarden cannot check; write the name plainly"
+                .into(),
+        )
+    };
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().map_err(|_| refusal())?;
+    let mut words = tokens.iter().filter_map(|t| match t {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    });
+    let first = words.next();
+    let reads = matches!(first.as_deref(), Some("SELECT" | "WITH" | "VALUES" | "TABLE"));
+    let writes = |w: &str| matches!(w, "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" | "INTO");
+    if reads && !words.any(|w| writes(&w)) {
+        Ok(Analysis::default())
+    } else {
+        Err(refusal())
+    }
 }
 
 #[cfg(test)]

@@ -272,3 +272,17 @@ fn writes_count_insert_targets_update_assignments_and_copy_from() {
     assert_eq!(writes("SELECT ssn FROM customers"), "");
     assert_eq!(writes("DELETE FROM customers WHERE ssn = 'x'"), "");
 }
+
+#[test]
+fn unicode_escaped_identifiers_pass_in_reads_and_are_refused_in_writes() {
+    // Results are guarded by their RowDescription; writes cannot be.
+    assert!(ok(r#"SELECT * FROM U&"cust\006fmers""#).is_untouched());
+    for sql in [
+        r#"INSERT INTO U&"cust\006fmers" (ssn) VALUES ('123')"#,
+        r#"UPDATE u&"cust\006fmers" SET ssn = '1'"#,
+        r#"WITH x AS (DELETE FROM U&"cust\006fmers" RETURNING 1) SELECT * FROM x"#,
+        r#"COPY U&"cust\006fmers" (ssn) FROM STDIN"#,
+    ] {
+        assert!(refused(sql).contains("Unicode-escaped"), "{sql}");
+    }
+}
