@@ -2,8 +2,6 @@
 //! place of a value. Each works on the value's text form, as the client would
 //! have seen it unmasked, and its result is sent as text.
 
-use std::fmt::Write;
-
 use pgwarden_config::Mask;
 
 /// Writes the mask of `text` into `out` (cleared first); false when the
@@ -17,23 +15,25 @@ pub fn apply(
 ) -> bool {
     out.clear();
     let s = String::from_utf8_lossy(text);
+    // Byte offset of the character `n` characters in (or the end).
+    let at = |n: usize| s.char_indices().nth(n).map_or(s.len(), |(i, _)| i);
     match mask {
         Mask::Null => return false,
         Mask::Redact(t) => out.extend_from_slice(t.as_bytes()),
         Mask::Hash => {
             let Some(digest) = hash(text) else { return false };
-            let mut hex = String::with_capacity(64);
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             for b in digest {
-                let _ = write!(hex, "{b:02x}");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 15)]);
             }
-            out.extend_from_slice(hex.as_bytes());
         }
         Mask::Partial { prefix, pad, suffix } => {
             let n = s.chars().count();
             if n > prefix + suffix {
-                out.extend(s.chars().take(*prefix).collect::<String>().bytes());
+                out.extend_from_slice(&s.as_bytes()[..at(*prefix)]);
                 out.extend_from_slice(pad.as_bytes());
-                out.extend(s.chars().skip(n - suffix).collect::<String>().bytes());
+                out.extend_from_slice(&s.as_bytes()[at(n - suffix)..]);
             } else {
                 out.extend_from_slice(pad.as_bytes());
             }
@@ -41,12 +41,13 @@ pub fn apply(
         Mask::Last4 => {
             let n = s.chars().count();
             let hidden = if n <= 4 { n } else { n - 4 };
-            out.extend(std::iter::repeat_n(b'*', hidden));
-            out.extend(s.chars().skip(hidden).collect::<String>().bytes());
+            out.resize(hidden, b'*');
+            out.extend_from_slice(&s.as_bytes()[at(hidden)..]);
         }
         Mask::Email => match s.rsplit_once('@') {
             Some((local, domain)) if !local.is_empty() => {
-                out.extend(local.chars().take(1).collect::<String>().bytes());
+                let first = local.chars().next().map_or(0, char::len_utf8);
+                out.extend_from_slice(&local.as_bytes()[..first]);
                 out.extend_from_slice(b"***@");
                 out.extend_from_slice(domain.as_bytes());
             }
