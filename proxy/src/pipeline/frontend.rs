@@ -57,6 +57,9 @@ pub struct Frontend {
     copy_failed: bool,
     /// Longest COPY row accepted.
     max_row: usize,
+    /// What the audit log learns of the Query, Parse or Bind just handled;
+    /// `None` when the audit log is off.
+    pub audit: Option<crate::audit::track::Seen>,
 }
 
 impl Frontend {
@@ -74,6 +77,7 @@ impl Frontend {
             copy_in: None,
             copy_failed: false,
             max_row,
+            audit: None,
         }
     }
 
@@ -199,6 +203,9 @@ impl Frontend {
             }
             Err(Refused(state, message)) => {
                 tracing::info!(sqlstate = state, reason = %message, "statement refused");
+                if let Some(seen) = self.audit.as_mut() {
+                    seen.refused = Some(state);
+                }
                 messages::query(&raise(state, &message), out);
             }
         }
@@ -364,7 +371,7 @@ impl Frontend {
     /// Analyses a statement: its text with the literals bound for encrypted
     /// columns encrypted (`None` when nothing changes), and the parameters
     /// bound for encrypted columns.
-    fn prepare(&self, text: &[u8]) -> Result<Prepared, Refused> {
+    fn prepare(&mut self, text: &[u8]) -> Result<Prepared, Refused> {
         let Ok(sql) = std::str::from_utf8(text) else {
             if self.enc.registry.load().may_touch(&String::from_utf8_lossy(text)) {
                 return Err(Refused(
@@ -383,6 +390,10 @@ impl Frontend {
         };
         let mut analysis = sql::analyze(sql, &self.enc.registry.load())?;
         self.check_access(&analysis.reads, &analysis.writes)?;
+        if let Some(seen) = self.audit.as_mut() {
+            let access = self.enc.access.load();
+            seen.saw(&analysis, |c| access.resolve(&self.role, c).level);
+        }
         let uses = (!analysis.reads.is_empty() || !analysis.writes.is_empty()).then(|| {
             Arc::new(Uses {
                 reads: std::mem::take(&mut analysis.reads).into(),
@@ -448,6 +459,9 @@ impl Frontend {
         out: &mut BytesMut,
     ) -> bool {
         tracing::info!(sqlstate = state, reason = %message, "statement refused");
+        if let Some(seen) = self.audit.as_mut() {
+            seen.refused = Some(state);
+        }
         messages::run_unnamed(&raise(state, &message), out);
         self.skipping = true;
         queue.push(Pending::Parse { injected: true })
