@@ -226,3 +226,65 @@ async fn plaintext_of_encrypted_columns_never_reaches_the_audit_log_even_with_al
     assert!(verify(&files).status.success());
     drop(keys);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_sink_going_down_and_coming_back_loses_nothing() {
+    let pg = tokio::task::spawn_blocking(pgwarden_integration::start_cluster).await.unwrap();
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE auditor LOGIN PASSWORD '{PASSWORD}'; GRANT CREATE ON DATABASE postgres TO auditor;"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let mut config =
+        pgwarden_config::load_str(&pgwarden_integration::base_config_toml(&pg), std::iter::empty())
+            .unwrap();
+    config.upstream.admin_user = "auditor".into();
+    config.upstream.admin_password = Some(Secret::File(pw.display().to_string()));
+    audit_to(&mut config, dir.path());
+    config.audit.sinks = vec![AuditSink::File, AuditSink::Postgres];
+    let mut env = TestEnv::start_on(pg, config).await;
+    let direct = env.direct_client().await;
+    let client = env.proxy_client().await;
+    for i in 0..20 {
+        client.simple_query(&format!("SELECT {i}")).await.unwrap();
+    }
+    // The sink's login stops working and its connection is cut.
+    direct
+        .batch_execute(
+            "ALTER ROLE auditor NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = 'auditor'",
+        )
+        .await
+        .unwrap();
+    for i in 0..50 {
+        client.simple_query(&format!("SELECT {i}")).await.unwrap();
+    }
+    direct.batch_execute("ALTER ROLE auditor LOGIN").await.unwrap();
+    drop(client);
+    env.shutdown().await.unwrap();
+
+    let (_, recs, _) = records(dir.path());
+    let rows = direct.query("SELECT line FROM pgwarden.audit_log ORDER BY seq", &[]).await.unwrap();
+    let lines: Vec<Value> =
+        rows.iter().map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap()).collect();
+    assert_eq!(lines.len(), recs.len(), "the table holds every record the file holds");
+    assert_eq!(lines, recs);
+    assert!(recs.iter().filter(|r| r["event"] == "statement").count() >= 70);
+    // No record of the sink's own writes.
+    assert!(!recs.iter().any(|r| r["user"] == "auditor"));
+    let table = dir.path().join("table.jsonl");
+    let mut text: String = rows.iter().map(|r| format!("{}\n", r.get::<_, &str>(0))).collect();
+    std::fs::write(&table, std::mem::take(&mut text)).unwrap();
+    assert!(verify(&[table]).status.success());
+    let partitions = direct
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'pgwarden.audit_log'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(partitions.get::<_, i64>(0) >= 4, "default + this month + 2 ahead");
+}
