@@ -14,6 +14,7 @@
 //! `deny_unknown_fields`, because the latter stops at the first one.
 
 mod access;
+mod audit;
 mod columns;
 mod load;
 mod logical_type;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use access::{Access, AccessLevel, ColumnPattern, Mask, Policy};
+pub use audit::{Audit, AuditSink, Overflow, StatementLiterals, MIN_KEY_BYTES, MIN_ROTATE_BYTES};
 pub use columns::{Classification, Column, ColumnMode, Keys, LogicalType, COMPLIANCE_FRAMEWORKS};
 pub use load::{load_file, load_str, ConfigError};
 pub use logical_type::UnknownType;
@@ -58,6 +60,8 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// The admin HTTP endpoints: Prometheus metrics, liveness, readiness.
     pub metrics: Metrics,
+    /// The audit log: sinks, chain key, redaction, filters. Off by default.
+    pub audit: Audit,
 }
 
 /// `[listen]`: the client-facing socket.
@@ -341,6 +345,7 @@ impl Config {
             }
         }
         columns::validate(&self.keys, &self.columns, &mut problems);
+        audit::validate(&self.audit, &self.upstream.admin_user, &mut problems);
         access::validate(&self.access, &self.policies, &self.columns, &mut problems);
         policy::validate(
             &self.network,

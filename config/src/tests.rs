@@ -336,3 +336,48 @@ fn access_defaults_to_deny_and_policies_to_writable() {
     assert_eq!(c.access.default, crate::AccessLevel::Deny);
     assert!(c.policies[0].write);
 }
+
+#[test]
+fn audit_is_off_by_default_and_existing_configs_are_unchanged() {
+    let c = load_str("[listen]\naddress = \"127.0.0.1:6432\"\n", no_env()).unwrap();
+    assert!(!c.audit.enabled());
+    assert_eq!(c.audit.on_overflow, crate::Overflow::Block);
+    assert_eq!(c.audit.statement_literals, crate::StatementLiterals::Redacted);
+}
+
+#[test]
+fn audit_problems_name_their_key_paths() {
+    let p = problems(
+        "[audit]\nsinks = [\"file\", \"file\", \"postgres\"]\nrotate_bytes = 10\n\
+         exclude_fingerprints = [\"xyz\"]\nqueue_capacity = 0\nfsync_interval = \"soon\"\n",
+    );
+    for key in [
+        "audit.sinks: File is listed twice",
+        "audit.key: required",
+        "audit.rotate_bytes",
+        "audit.exclude_fingerprints",
+        "audit.queue_capacity",
+        "audit.fsync_interval",
+        "audit.sinks: the postgres sink needs upstream.admin_user",
+    ] {
+        assert!(p.iter().any(|x| x.starts_with(key)), "{key} missing from {p:?}");
+    }
+}
+
+#[test]
+fn audit_key_must_be_a_secret_reference_of_at_least_32_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "tooshort").unwrap();
+    let text = format!("[audit]\nsinks = [\"stdout\"]\nkey = \"file:{}\"\n", short.display());
+    let p = problems(&text);
+    assert!(p.iter().any(|x| x.starts_with("audit.key: must be at least 32")), "{p:?}");
+    let p =
+        problems("[audit]\nsinks = [\"stdout\"]\nkey = \"inline-secret-value-0123456789abcdef\"\n");
+    assert!(p.iter().any(|x| x.starts_with("audit.key: a secret must be")), "{p:?}");
+    assert!(!p.iter().any(|x| x.contains("inline-secret")), "{p:?}");
+    let long = dir.path().join("long.key");
+    std::fs::write(&long, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let text = format!("[audit]\nsinks = [\"stdout\"]\nkey = \"file:{}\"\n", long.display());
+    assert!(problems(&text).is_empty());
+}

@@ -162,12 +162,13 @@ async fn check_config_lists_every_problem_and_exits_1() {
     for key in ["listen.address", "listen.bogus", "upstream.port"] {
         assert!(err.contains(key), "{key} missing from:\n{err}");
     }
-    for example in ["pgwarden.toml", "encryption.toml"] {
+    for example in ["pgwarden.toml", "encryption.toml", "audit.toml"] {
         let path = format!("{}/../config/examples/{example}", env!("CARGO_MANIFEST_DIR"));
         let out = std::process::Command::new(pgwarden_integration::pgwarden_binary())
             .args(["check-config", &path])
             .env("PGWARDEN_MASTER_KEY", "Wk1Lz3dQ0vN8sYt2cR6hJ4aX9bE5uF7gI1oP3mT8qV0=")
             .env("PGWARDEN_ADMIN_PASSWORD", "secret")
+            .env("PGWARDEN_AUDIT_KEY", "0123456789abcdef0123456789abcdef-audit")
             .output()
             .unwrap();
         assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));

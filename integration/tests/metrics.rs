@@ -141,7 +141,7 @@ async fn a_workload_is_counted_exactly_and_no_label_carries_user_or_statement() 
     assert_eq!(value(&m, &version), 1.0);
 
     // Labels come from fixed sets: no user, password, address or statement.
-    let allowed_keys = ["outcome", "kind", "direction", "reason", "version", "le"];
+    let allowed_keys = ["outcome", "kind", "direction", "reason", "version", "le", "sink"];
     for (k, v) in labels(&m) {
         assert!(allowed_keys.contains(&k.as_str()), "unexpected label {k}={v}");
         let lower = v.to_lowercase();

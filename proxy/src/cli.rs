@@ -1,4 +1,4 @@
-//! Command-line interface: `run`, `check-config`, `demo`.
+//! Command-line interface: `run`, `check-config`, `demo`, `keys`, `audit verify`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,26 @@ enum KeysAction {
     List,
 }
 
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the HMAC chain through FILE... (the current file and its rotated
+    /// ones, in any order): exit 0 when intact, 1 naming the first bad
+    /// record otherwise.
+    Verify {
+        /// Audit files: FILE and FILE.<seq> rotated from it.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The chain key, `env:VAR` or `file:PATH`; by default `[audit] key`
+        /// of --config.
+        #[arg(long)]
+        key: Option<String>,
+        /// Accept a log whose end is not a shutdown seal (a proxy still
+        /// writing it).
+        #[arg(long)]
+        open: bool,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -53,6 +73,11 @@ enum Cmd {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// The audit log: `verify` checks its HMAC chain.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Start a throwaway Postgres with sample data and pgwarden in front of it.
     Demo {
         /// Port for the proxy (default 6432, or a free one if taken).
@@ -67,6 +92,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Cmd::CheckConfig { file }) => return check_config(&file),
         Some(Cmd::Demo { port }) => crate::demo::run(port),
+        Some(Cmd::Audit { action: AuditAction::Verify { files, key, open } }) => {
+            return audit_verify(cli.config.as_deref(), key, &files, open);
+        }
         Some(Cmd::Keys { action }) => match cli.config {
             Some(path) => keys(&path, action),
             None => Err(anyhow::anyhow!("`pgwarden keys` needs --config FILE")),
@@ -108,6 +136,52 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             eprintln!("{}: {e}", path.display());
             ExitCode::FAILURE
         }
+    }
+}
+
+fn audit_verify(
+    config: Option<&std::path::Path>,
+    key: Option<String>,
+    files: &[PathBuf],
+    open: bool,
+) -> ExitCode {
+    let secret = match (key, config) {
+        (Some(k), _) => toml_secret(&k),
+        (None, Some(path)) => match pgwarden_config::load_file(path) {
+            Ok(c) => c.audit.key.ok_or_else(|| format!("{}: no [audit] key", path.display())),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        },
+        (None, None) => {
+            Err("give the chain key with --key env:VAR|file:PATH or --config FILE".into())
+        }
+    };
+    let key = match secret.and_then(|s| s.resolve()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("pgwarden audit verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
+    match crate::audit::chain::verify(key.expose().as_bytes(), &paths, open) {
+        Ok(v) => {
+            println!("ok: {} records, seq 1..{}, last mac {}", v.records, v.last_seq, v.last_mac);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pgwarden audit verify: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A secret reference given on the command line, as the config reads it.
+fn toml_secret(text: &str) -> Result<pgwarden_config::Secret, String> {
+    use pgwarden_config::Secret;
+    match (text.strip_prefix("env:"), text.strip_prefix("file:")) {
+        (Some(var), _) if !var.is_empty() => Ok(Secret::Env(var.into())),
+        (_, Some(path)) if !path.is_empty() => Ok(Secret::File(path.into())),
+        _ => Err("--key must be \"env:VARIABLE\" or \"file:/path\", never the key itself".into()),
     }
 }
 

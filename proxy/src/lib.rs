@@ -27,10 +27,12 @@
 //! [`metrics`] (Prometheus counters, statement timing), [`admin`] (HTTP:
 //! /metrics, /healthz, /readyz),
 //! [`keys`] (the key and column registry in the database), [`catalog`] (table
-//! OID and attribute number of each encrypted column), [`cli`] and [`demo`].
+//! OID and attribute number of each encrypted column), [`audit`] (the
+//! HMAC-chained audit log and its sinks), [`cli`] and [`demo`].
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod catalog;

@@ -47,6 +47,8 @@ pub struct Shared {
     /// Keys, registered columns and their catalog; `None` without
     /// `[[columns]]`.
     pub encryption: Option<Arc<crate::pipeline::Encryption>>,
+    /// The audit log; `None` when `[audit] sinks` is empty.
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// A bound, not yet running proxy.
@@ -120,12 +122,29 @@ impl ProxyHandle {
         keep!(upstream.admin_user, "upstream.admin_user");
         keep!(upstream.admin_password, "upstream.admin_password");
         keep!(upstream.admin_database, "upstream.admin_database");
+        keep!(audit.sinks, "audit.sinks");
+        keep!(audit.file, "audit.file");
+        keep!(audit.rotate_bytes, "audit.rotate_bytes");
+        keep!(audit.fsync_interval, "audit.fsync_interval");
+        keep!(audit.key, "audit.key");
+        keep!(audit.on_overflow, "audit.on_overflow");
+        keep!(audit.queue_capacity, "audit.queue_capacity");
+        keep!(audit.partitions_ahead, "audit.partitions_ahead");
         let tls = crate::tls::acceptor(&new.listen).map_err(|e| vec![e])?;
         self.shared.tls.store(tls.map(Arc::new));
         if let Some(enc) = &self.shared.encryption {
             enc.access.store(Arc::new(crate::access::AccessPolicy::new(&new)));
         }
         self.shared.rate_limits.set_rate(new.limits.queries_per_second_per_user);
+        if let Some(audit) = &self.shared.audit {
+            audit.reload(&new);
+            let outcome = if restart.is_empty() { "ok" } else { "partial" };
+            let mut r = crate::audit::Record::new(crate::audit::Event::ConfigReload, None, outcome);
+            if !restart.is_empty() {
+                r = r.reason("needs_restart");
+            }
+            audit.record_detached(r);
+        }
         self.shared.config.store(Arc::new(new));
         Ok(restart)
     }
@@ -163,6 +182,8 @@ impl Proxy {
         })?;
         let listener = TcpListener::bind(addr).await?;
         let admin = bind_admin(&config).await?;
+        let audit =
+            crate::audit::Auditor::start(&config, &metrics).await.map_err(std::io::Error::other)?;
         let tls = crate::tls::acceptor(&config.listen).map_err(std::io::Error::other)?;
         let upstream = UpstreamTarget::from_config(&config.upstream)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -176,6 +197,7 @@ impl Proxy {
             lockouts: Lockouts::default(),
             tls: ArcSwapOption::new(tls.map(Arc::new)),
             encryption,
+            audit,
         });
         Ok(Self { listener, shared, tracker: TaskTracker::new(), admin })
     }
@@ -249,6 +271,10 @@ impl Proxy {
         let grace = listen.shutdown_grace.get() + Duration::from_secs(5);
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             tracing::warn!(left = self.tracker.len(), "sessions still open after the grace period");
+        }
+        if let Some(audit) = &self.shared.audit {
+            // Everything the sessions recorded is queued before this.
+            audit.close().await;
         }
         admin_stop.cancel();
         if let Some(task) = admin {

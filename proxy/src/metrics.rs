@@ -165,6 +165,14 @@ pub struct Metrics {
     /// `pgwarden_lockouts_active`: (role, address) pairs locked out now, set
     /// when scraped.
     pub lockouts_active: IntGauge,
+    /// `pgwarden_audit_events_total{sink}`: records written, by sink (file,
+    /// stdout, postgres).
+    audit_events: [IntCounter; 3],
+    /// `pgwarden_audit_queue_depth`: records queued for the writer.
+    audit_queue_depth: IntGauge,
+    /// `pgwarden_audit_dropped_total`: records lost to a full queue
+    /// (`audit.on_overflow = "drop"`).
+    audit_dropped: IntCounter,
 }
 
 /// Per registered column (by [`crate::sql::EncryptedColumn::id`]), the
@@ -380,8 +388,25 @@ impl Metrics {
             "(role, client address) pairs locked out after failed logins",
         )?;
         reg(Box::new(lockouts_active.clone()))?;
+        let by_sink = IntCounterVec::new(
+            Opts::new("pgwarden_audit_events_total", "Audit records written, by sink"),
+            &["sink"],
+        )?;
+        let audit_events = ["file", "stdout", "postgres"].map(|s| by_sink.with_label_values(&[s]));
+        reg(Box::new(by_sink))?;
+        let audit_queue_depth =
+            IntGauge::new("pgwarden_audit_queue_depth", "Audit records queued for the writer")?;
+        reg(Box::new(audit_queue_depth.clone()))?;
+        let audit_dropped = IntCounter::new(
+            "pgwarden_audit_dropped_total",
+            "Audit records dropped because the queue was full (audit.on_overflow = \"drop\")",
+        )?;
+        reg(Box::new(audit_dropped.clone()))?;
 
         Ok(Self {
+            audit_events,
+            audit_queue_depth,
+            audit_dropped,
             registry,
             connections_active,
             connections,
@@ -453,6 +478,20 @@ impl Metrics {
         if let Some(c) = self.denied.get(reason as usize) {
             c.inc();
         }
+    }
+
+    /// `pgwarden_audit_events_total` of sink 0 (file), 1 (stdout) or 2
+    /// (postgres).
+    pub fn audit_events(&self, sink: usize) -> IntCounter {
+        self.audit_events[sink.min(2)].clone()
+    }
+
+    pub fn audit_queue_depth(&self) -> IntGauge {
+        self.audit_queue_depth.clone()
+    }
+
+    pub fn audit_dropped(&self) -> IntCounter {
+        self.audit_dropped.clone()
     }
 
     /// A statement refused by the rate limit.

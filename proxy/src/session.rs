@@ -24,6 +24,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::audit::track::{self, ClientSide, ServerSide, Tracker};
+use crate::audit::{Event, Record, SessionInfo};
 use crate::auth;
 use crate::error::{ClientError, ErrorKind};
 use crate::handshake::{self, Opening};
@@ -99,7 +101,7 @@ pub async fn serve(
 ) {
     let id = format!("{:016x}", rand::random::<u64>());
     let span = tracing::info_span!("session", id = %id, client = %peer);
-    serve_in_span(client, peer, shared, shutdown).instrument(span).await;
+    serve_in_span(client, peer, shared, shutdown, id).instrument(span).await;
 }
 
 async fn serve_in_span(
@@ -107,6 +109,7 @@ async fn serve_in_span(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    id: String,
 ) {
     let _ = client.set_nodelay(true);
     let mut first = None;
@@ -124,7 +127,8 @@ async fn serve_in_span(
                     Ok(Ok(stream)) => {
                         let tls = ClientTls::of(stream.get_ref().1);
                         let (mut rd, mut wr) = tokio::io::split(stream);
-                        finish(&mut rd, &mut wr, peer, &shared, &shutdown, None, Some(tls)).await;
+                        let s = Start { peer, id, first: None, tls: Some(tls) };
+                        finish(&mut rd, &mut wr, &shared, &shutdown, s).await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(error = %e, "TLS handshake failed");
@@ -147,23 +151,31 @@ async fn serve_in_span(
         }
     }
     let (mut crd, mut cwr) = client.into_split();
-    finish(&mut crd, &mut cwr, peer, &shared, &shutdown, first, None).await;
+    finish(&mut crd, &mut cwr, &shared, &shutdown, Start { peer, id, first, tls: None }).await;
+}
+
+/// What a connection brings to its session.
+struct Start {
+    peer: SocketAddr,
+    /// The session's id, in its log lines and audit records.
+    id: String,
+    /// A startup packet already read (before deciding on TLS).
+    first: Option<StartupPacket>,
+    tls: Option<ClientTls>,
 }
 
 /// Runs the session on its (plain or TLS) halves and closes it.
 async fn finish<CR, CW>(
     crd: &mut CR,
     cwr: &mut CW,
-    peer: SocketAddr,
     shared: &Shared,
     shutdown: &CancellationToken,
-    first: Option<StartupPacket>,
-    tls: Option<ClientTls>,
+    start: Start,
 ) where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
 {
-    let (end, outcome) = run(crd, cwr, peer, shared, shutdown, first, tls).await;
+    let (end, outcome) = run(crd, cwr, shared, shutdown, start).await;
     shared.metrics.connection_ended(outcome);
     match &end {
         End::Client(e) | End::Upstream(e) | End::Refused(e) => {
@@ -200,16 +212,21 @@ fn outcome(end: &End, established: bool) -> ConnectionOutcome {
 async fn run<CR, CW>(
     crd: &mut CR,
     cwr: &mut CW,
-    peer: SocketAddr,
     shared: &Shared,
     shutdown: &CancellationToken,
-    first: Option<StartupPacket>,
-    tls: Option<ClientTls>,
+    start: Start,
 ) -> (End, ConnectionOutcome)
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
 {
+    let Start { peer, id, first, tls } = start;
+    let began = Instant::now();
+    let audit = shared.audit.as_ref();
+    // Who the session is, once its startup packet is read (audit on only).
+    let info: Mutex<Option<Arc<SessionInfo>>> = Mutex::new(None);
+    // Why a connection policy refused it: a `Denial` + 1.
+    let refused = AtomicU32::new(0);
     let config = shared.config.load_full();
     let listen = &config.listen;
     let mut client = Framer::frontend(listen.max_message_bytes as usize);
@@ -225,7 +242,20 @@ where
             Err(e) => return Err(End::Client(e)),
         };
         let role = startup.user();
+        if let Some(a) = audit {
+            let who = Arc::new(SessionInfo {
+                id: id.clone(),
+                user: role.to_string(),
+                database: startup.database().to_string(),
+                application: startup.param("application_name").unwrap_or_default().to_string(),
+                client_addr: peer.to_string(),
+                tls: tls.is_some(),
+            });
+            *info.lock().unwrap_or_else(|p| p.into_inner()) = Some(who.clone());
+            a.record(Record::new(Event::Connect, Some(who), "ok")).await;
+        }
         let refuse = |e: ClientError, why: Denial| {
+            refused.store(why as u32 + 1, Ordering::Relaxed);
             metrics.denied(why);
             tracing::info!(role, reason = why.as_str(), "connection refused by policy");
             End::Refused(e)
@@ -271,6 +301,9 @@ where
             Err(e) => return Err(e),
         };
         tracing::debug!(user = startup.user(), database = startup.database(), "authenticated");
+        if let Some(a) = audit {
+            a.record(Record::new(Event::AuthOk, session_info(&info), "ok")).await;
+        }
         // Columns are registered in one database; sessions on others pass through.
         let encryption =
             shared.encryption.as_ref().filter(|e| e.database == startup.database()).cloned();
@@ -280,21 +313,47 @@ where
         let rate = shared.rate_limits.limiter(role);
         Ok((urd, uwr, registration, slot, encryption, rate, identity))
     };
-    let (mut urd, mut uwr, registration, _slot, encryption, rate, identity) = tokio::select! {
+    let established = tokio::select! {
         r = tokio::time::timeout(listen.handshake_timeout.get(), handshake) => match r {
-            Ok(Ok(established)) => established,
-            Ok(Err(end)) if unreachable => return (end, ConnectionOutcome::UpstreamUnreachable),
+            Ok(Ok(established)) => Ok(established),
+            Ok(Err(end)) if unreachable => Err((end, ConnectionOutcome::UpstreamUnreachable)),
             Ok(Err(end)) => {
                 let outcome = outcome(&end, false);
-                return (end, outcome);
+                Err((end, outcome))
             }
             Err(_) => {
                 let end = End::Client(ClientError::handshake_timeout());
-                return (end, ConnectionOutcome::HandshakeTimeout);
+                Err((end, ConnectionOutcome::HandshakeTimeout))
             }
         },
-        _ = shutdown.cancelled() => return (End::Drained, ConnectionOutcome::Shutdown),
+        _ = shutdown.cancelled() => Err((End::Drained, ConnectionOutcome::Shutdown)),
     };
+    let (mut urd, mut uwr, registration, _slot, encryption, rate, identity) = match established {
+        Ok(e) => e,
+        Err((end, outcome)) => {
+            if let (Some(a), Some(who)) = (audit, session_info(&info)) {
+                let why = refused.load(Ordering::Relaxed) as usize;
+                if let Some(d) = why.checked_sub(1).and_then(|i| Denial::ALL.get(i)) {
+                    let r = Record::new(Event::Denied, Some(who.clone()), "denied");
+                    a.record(r.reason(d.as_str())).await;
+                } else if matches!(end, End::AuthFailed { .. }) {
+                    a.record(Record::new(Event::AuthFailed, Some(who.clone()), "error")).await;
+                }
+                let mut r =
+                    Record::new(Event::Disconnect, Some(who), "ok").reason(outcome.as_str());
+                r.duration_us = Some(micros(began));
+                a.record(r).await;
+            }
+            return (end, outcome);
+        }
+    };
+    let tracker = match (audit, session_info(&info)) {
+        (Some(a), Some(who)) => Some(Tracker::new(a.clone(), who)),
+        _ => None,
+    };
+    let keep_literals = config.audit.statement_literals == pgwarden_config::StatementLiterals::All;
+    let mut client_side = tracker.as_ref().map(|_| ClientSide::new(keep_literals));
+    let mut server_side = tracker.as_ref().map(|_| ServerSide::default());
 
     let state = SessionState {
         pending: AtomicU32::new(0),
@@ -303,11 +362,15 @@ where
         client_error: Mutex::new(None),
         in_flight: InFlight::default(),
         queue: Queue::default(),
+        tracker,
     };
     let max_row = listen.max_message_bytes as usize;
     let mut frontend = encryption.clone().map(|e| Frontend::new(e, max_row, identity.clone()));
+    if let Some(front) = frontend.as_mut().filter(|_| state.tracker.is_some()) {
+        front.audit = Some(track::Seen::default());
+    }
     let mut backend = encryption.map(|e| Backend::new(e, identity));
-    let stages = Stages { rate, frontend: frontend.as_mut() };
+    let stages = Stages { rate, frontend: frontend.as_mut(), audit: client_side.as_mut() };
     let end = tokio::select! {
         biased;
         end = client_to_upstream(
@@ -315,7 +378,7 @@ where
         ) => end,
         end = upstream_to_client(
             &mut upstream, &mut urd, cwr, &state, metrics, listen.shutdown_grace.get(),
-            backend.as_mut(),
+            backend.as_mut(), server_side.as_mut(),
         ) => end,
     };
     let end = match (end, state.take_client_error()) {
@@ -335,7 +398,29 @@ where
     }
     let _ = uwr.shutdown().await;
     let outcome = outcome(&end, true);
+    if let Some(t) = &state.tracker {
+        let mut r = t.record(Event::Disconnect, "ok").reason(outcome.as_str());
+        r.duration_us = Some(micros(began));
+        t.auditor.record(r).await;
+    }
     (end, outcome)
+}
+
+fn session_info(info: &Mutex<Option<Arc<SessionInfo>>>) -> Option<Arc<SessionInfo>> {
+    info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Queues the records a loop gathered in its last batch.
+async fn flush_records(tracker: Option<&Tracker>, records: Option<&mut Vec<Record>>) {
+    if let (Some(t), Some(records)) = (tracker, records) {
+        for r in records.drain(..) {
+            t.auditor.record(r).await;
+        }
+    }
 }
 
 /// What the two loops of one session share.
@@ -358,6 +443,9 @@ struct SessionState {
     /// What Postgres still owes, for the encryption pipeline (unused on the
     /// pass-through path).
     queue: Queue,
+    /// Statements awaiting their answer, for the audit log; `None` when it
+    /// is off.
+    tracker: Option<Tracker>,
 }
 
 impl SessionState {
@@ -385,6 +473,8 @@ struct Stages<'a> {
     rate: Option<policy::Limiter>,
     /// The encryption pipeline, for sessions on the registered database.
     frontend: Option<&'a mut Frontend>,
+    /// The audit log's view of the client's requests, when it is on.
+    audit: Option<&'a mut ClientSide>,
 }
 
 /// Client → Postgres. Cancel safe at its await points (a [`Framer`] keeps what
@@ -421,6 +511,10 @@ where
         let mut terminated = false;
         // Read at the first round trip of the batch, shared by the others.
         let mut now = None;
+        let tracker = state.tracker.as_ref();
+        if let (Some(a), Some(t)) = (stages.audit.as_deref_mut(), tracker) {
+            a.begin_batch(t);
+        }
         if stages.rate.is_some() || stages.frontend.is_some() {
             if let Some(rate) = stages.rate.as_mut() {
                 rate.begin_batch();
@@ -435,22 +529,36 @@ where
                         break;
                     }
                 };
+                // The client's own message, as the audit log records it.
+                let original = stages.audit.is_some().then(|| (msg.tag, msg.frame.clone()));
                 let msg = match stages.rate.as_mut() {
                     Some(rate) => match rate.filter(msg, metrics) {
                         Some(msg) => msg,
-                        None => continue,
+                        None => {
+                            audit_request(&mut stages, tracker, original.as_ref(), false);
+                            continue;
+                        }
                     },
                     None => msg,
                 };
+                let rate_refused =
+                    original.as_ref().is_some_and(|(_, f)| f.as_ptr() != msg.frame.as_ptr());
                 terminated = track(state, msg.tag, &mut now);
                 match stages.frontend.as_deref_mut() {
                     Some(front) => {
+                        if let Some(seen) = front.audit.as_mut() {
+                            *seen = track::Seen::default();
+                        }
                         if !front.handle(msg, &state.queue, &mut out) {
                             return state.fail_client(ClientError::too_many_pending()).await;
                         }
                     }
                     None => out.extend_from_slice(&msg.frame),
                 }
+                audit_request(&mut stages, tracker, original.as_ref(), rate_refused);
+            }
+            if let (Some(a), Some(t)) = (stages.audit.as_deref_mut(), tracker) {
+                a.commit(t);
             }
             if !out.is_empty() {
                 if wr.write_all(&out).await.is_err() {
@@ -459,6 +567,7 @@ where
                 metrics.bytes(Direction::ClientToUpstream, out.len());
                 out.clear();
             }
+            flush_records(tracker, stages.audit.as_deref_mut().map(|a| &mut a.records)).await;
             if terminated {
                 return End::ClientTerminated;
             }
@@ -467,13 +576,27 @@ where
             }
             continue;
         }
-        let (batch, error) = framer.split_batch(|tag, _| {
-            if terminated {
-                return false;
+        let (batch, error) = match (stages.audit.as_deref_mut(), tracker) {
+            (Some(a), Some(t)) => {
+                let split = framer.split_batch(|tag, body| {
+                    if terminated {
+                        return false;
+                    }
+                    terminated = track(state, tag, &mut now);
+                    a.message(t, tag, body, None);
+                    true
+                });
+                a.commit(t);
+                split
             }
-            terminated = track(state, tag, &mut now);
-            true
-        });
+            _ => framer.split_batch(|tag, _| {
+                if terminated {
+                    return false;
+                }
+                terminated = track(state, tag, &mut now);
+                true
+            }),
+        };
         if !batch.is_empty() {
             if wr.write_all(&batch).await.is_err() {
                 return End::UpstreamGone;
@@ -487,6 +610,26 @@ where
             return state.fail_client(client_framing_error(e)).await;
         }
     }
+}
+
+/// Shows the audit log a message the client sent (`original`), after the
+/// rate limit and the pipeline had it. `rate_refused`: the rate limit put its
+/// refusal in the message's place.
+fn audit_request(
+    stages: &mut Stages<'_>,
+    tracker: Option<&Tracker>,
+    original: Option<&(u8, bytes::Bytes)>,
+    rate_refused: bool,
+) {
+    let (Some(a), Some(t), Some((tag, frame))) = (stages.audit.as_deref_mut(), tracker, original)
+    else {
+        return;
+    };
+    if rate_refused && matches!(tag, b'Q' | b'S') {
+        a.rate_limited(t, *tag);
+    }
+    let seen = stages.frontend.as_deref().and_then(|f| f.audit.as_ref());
+    a.message(t, *tag, frame.get(5..).unwrap_or_default(), seen);
 }
 
 /// Accounts for a message the client sent: ReadyForQuery owed, statements in
@@ -521,6 +664,7 @@ fn track(state: &SessionState, tag: u8, now: &mut Option<u64>) -> bool {
 
 /// Postgres → client. Also watches `state.closing`: once it is cancelled, the
 /// session ends at the next moment no statement runs, or when `grace` is over.
+#[allow(clippy::too_many_arguments, reason = "the loop's state, passed apart to borrow apart")]
 async fn upstream_to_client<R, W>(
     framer: &mut Framer,
     rd: &mut R,
@@ -529,6 +673,7 @@ async fn upstream_to_client<R, W>(
     metrics: &Metrics,
     grace: Duration,
     mut backend: Option<&mut Backend>,
+    mut audit: Option<&mut ServerSide>,
 ) -> End
 where
     R: AsyncRead + Unpin,
@@ -595,6 +740,12 @@ where
                     break;
                 }
             }
+            // What the client is sent answers its requests, whatever the
+            // pipeline swallowed or put in place of Postgres' messages.
+            if let (Some(a), Some(t)) = (audit.as_deref_mut(), state.tracker.as_ref()) {
+                let mut answers = a.batch(t);
+                track::frames(&out, |tag, body| answers.message(tag, body));
+            }
             if !out.is_empty() {
                 if wr.write_all(&out).await.is_err() {
                     return End::ClientGone;
@@ -602,21 +753,34 @@ where
                 metrics.bytes(Direction::UpstreamToClient, out.len());
                 out.clear();
             }
+            flush_records(state.tracker.as_ref(), audit.as_deref_mut().map(|a| &mut a.records))
+                .await;
             if draining && state.idle() {
                 return End::Drained;
             }
             continue;
         }
-        let (batch, error) = framer.split_batch(|tag, _| {
-            answered(tag);
-            true
-        });
+        let (batch, error) = match (audit.as_deref_mut(), state.tracker.as_ref()) {
+            (Some(a), Some(t)) => {
+                let mut answers = a.batch(t);
+                framer.split_batch(|tag, body| {
+                    answered(tag);
+                    answers.message(tag, body);
+                    true
+                })
+            }
+            _ => framer.split_batch(|tag, _| {
+                answered(tag);
+                true
+            }),
+        };
         if !batch.is_empty() {
             if wr.write_all(&batch).await.is_err() {
                 return End::ClientGone;
             }
             metrics.bytes(Direction::UpstreamToClient, batch.len());
         }
+        flush_records(state.tracker.as_ref(), audit.as_deref_mut().map(|a| &mut a.records)).await;
         if error.is_some() {
             return End::Upstream(ClientError::upstream_protocol_violation());
         }

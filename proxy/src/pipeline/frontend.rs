@@ -59,6 +59,9 @@ pub struct Frontend {
     max_row: usize,
     /// Values encrypted, reported at each Query and Sync.
     tally: crate::metrics::ColumnTally,
+    /// What the audit log learns of the Query, Parse or Bind just handled;
+    /// `None` when the audit log is off.
+    pub audit: Option<crate::audit::track::Seen>,
 }
 
 impl Frontend {
@@ -77,6 +80,7 @@ impl Frontend {
             copy_failed: false,
             max_row,
             tally: crate::metrics::ColumnTally::default(),
+            audit: None,
         }
     }
 
@@ -210,6 +214,9 @@ impl Frontend {
             }
             Err(Refused(state, message)) => {
                 tracing::info!(sqlstate = state, reason = %message, "statement refused");
+                if let Some(seen) = self.audit.as_mut() {
+                    seen.refused = Some(state);
+                }
                 messages::query(&raise(state, &message), out);
             }
         }
@@ -395,6 +402,10 @@ impl Frontend {
         };
         let mut analysis = sql::analyze(sql, &self.enc.registry.load())?;
         self.check_access(&analysis.reads, &analysis.writes)?;
+        if let Some(seen) = self.audit.as_mut() {
+            let access = self.enc.access.load();
+            seen.saw(&analysis, |c| access.resolve(&self.role, c).level);
+        }
         let uses = (!analysis.reads.is_empty() || !analysis.writes.is_empty()).then(|| {
             Arc::new(Uses {
                 reads: std::mem::take(&mut analysis.reads).into(),
@@ -463,6 +474,9 @@ impl Frontend {
         out: &mut BytesMut,
     ) -> bool {
         tracing::info!(sqlstate = state, reason = %message, "statement refused");
+        if let Some(seen) = self.audit.as_mut() {
+            seen.refused = Some(state);
+        }
         messages::run_unnamed(&raise(state, &message), out);
         self.skipping = true;
         queue.push(Pending::Parse { injected: true })

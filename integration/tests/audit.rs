@@ -1,0 +1,290 @@
+//! The audit log end to end: exactly the expected records per session, in
+//! seq order, from concurrent clients through both protocols; a chain that
+//! `pgwarden audit verify` accepts whole and refuses when tampered with; and
+//! no plaintext of an encrypted column in any record.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use pgwarden_config::{AuditSink, Config, Secret, StatementLiterals};
+use pgwarden_integration::{connect, encrypted, url, TestEnv, PASSWORD};
+use serde_json::Value;
+
+const KEY: &str = "audit-test-key-0123456789abcdef0123456789";
+
+/// Turns the file sink on, into `dir`, rotating small files.
+fn audit_to(config: &mut Config, dir: &Path) {
+    let key = dir.join("audit.key");
+    std::fs::write(&key, KEY).unwrap();
+    config.audit.sinks = vec![AuditSink::File];
+    config.audit.file = dir.join("audit.jsonl").display().to_string();
+    config.audit.rotate_bytes = 16 * 1024;
+    config.audit.key = Some(Secret::File(key.display().to_string()));
+}
+
+/// Every audit file in `dir`, and every record in them.
+fn records(dir: &Path) -> (Vec<PathBuf>, Vec<Value>, String) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("audit.jsonl"))
+        .collect();
+    files.sort();
+    let mut all = String::new();
+    let mut recs = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for line in text.lines() {
+            recs.push(
+                serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}")),
+            );
+        }
+        all.push_str(&text);
+    }
+    recs.sort_by_key(|r| r["seq"].as_u64().unwrap());
+    (files, recs, all)
+}
+
+fn verify(files: &[PathBuf]) -> std::process::Output {
+    std::process::Command::new(pgwarden_integration::pgwarden_binary())
+        .args(["audit", "verify", "--key", "env:AUDIT_TEST_KEY"])
+        .args(files)
+        .env("AUDIT_TEST_KEY", KEY)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_get_exactly_their_records_in_seq_order_and_the_chain_verifies() {
+    const CLIENTS: usize = 4;
+    const PREPARED: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = TestEnv::start_with(|c| audit_to(c, dir.path())).await;
+    let mut tasks = Vec::new();
+    for n in 0..CLIENTS {
+        let url = env.proxy_url(pgwarden_integration::roles::SCRAM, "postgres");
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            c.simple_query(&format!("SELECT {n}; SELECT 'secret-{n}'")).await.unwrap();
+            let stmt = c.prepare("SELECT $1::int + 0").await.unwrap();
+            for i in 0..PREPARED {
+                let row = c.query_one(&stmt, &[&(i as i32)]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), i as i32);
+            }
+            let e = c.simple_query("SELECT 1/0; SELECT 2").await.unwrap_err();
+            assert_eq!(e.code().unwrap().code(), "22012");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    env.shutdown().await.unwrap();
+
+    let (files, recs, all) = records(dir.path());
+    assert!(files.len() > 1, "16 KiB files must have rotated: {files:?}");
+    assert!(!all.contains("secret-"), "literals are redacted by default");
+    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=recs.len() as u64).collect::<Vec<_>>());
+
+    let mut sessions: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for r in recs.iter().filter(|r| r["session"].is_string()) {
+        sessions.entry(r["session"].as_str().unwrap().to_string()).or_default().push(r);
+    }
+    assert_eq!(sessions.len(), CLIENTS, "one session per client");
+    for (id, rs) in &sessions {
+        let events: Vec<&str> = rs.iter().map(|r| r["event"].as_str().unwrap()).collect();
+        let mut expected = vec!["connect", "auth_ok"];
+        expected.extend(std::iter::repeat_n("statement", 2 + PREPARED + 2));
+        expected.push("disconnect");
+        assert_eq!(events, expected, "session {id}");
+        let st: Vec<&&Value> = rs.iter().filter(|r| r["event"] == "statement").collect();
+        assert_eq!(st[0]["statement"], "SELECT $1");
+        assert_eq!(st[0]["protocol"], "simple");
+        assert_eq!(st[0]["rows"], 1);
+        assert_eq!(st[1]["statement"], "SELECT $1");
+        assert_eq!(st[0]["fingerprint"], st[1]["fingerprint"]);
+        for p in &st[2..2 + PREPARED] {
+            assert_eq!(p["statement"], "SELECT $1::int + $2");
+            assert_eq!(p["protocol"], "extended");
+            assert_eq!(p["params"], "redacted");
+            assert_eq!(p["outcome"], "ok");
+            assert_eq!(p["rows"], 1);
+            assert!(p["duration_us"].as_u64().is_some());
+            assert_eq!(p["fingerprint"], st[2]["fingerprint"]);
+        }
+        let failed = st[2 + PREPARED];
+        assert_eq!(
+            (failed["outcome"].as_str(), failed["sqlstate"].as_str()),
+            (Some("error"), Some("22012"))
+        );
+        assert_eq!(failed["severity"], "ERROR");
+        assert_eq!(st[3 + PREPARED]["outcome"], "skipped");
+        assert_eq!(rs[0]["user"], pgwarden_integration::roles::SCRAM);
+        assert_eq!(rs[0]["category"], "AUTHENTICATION");
+    }
+    assert_eq!(recs.last().unwrap()["event"], "seal");
+
+    let out = verify(&files);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Remove one record from the middle of a rotated file.
+    let victim = &files[1];
+    let text = std::fs::read_to_string(victim).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let removed = lines.remove(2).to_string();
+    std::fs::write(victim, lines.join("\n") + "\n").unwrap();
+    let out = verify(&files);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not follow"), "{err}");
+    assert!(err.contains(&victim.display().to_string()), "{err}");
+    // Put it back edited.
+    lines.insert(2, &removed);
+    let edited = removed.replace("\"ok\"", "\"error\"");
+    lines[2] = &edited;
+    std::fs::write(victim, lines.join("\n") + "\n").unwrap();
+    let err = String::from_utf8_lossy(&verify(&files).stderr).to_string();
+    assert!(err.contains("MAC does not match"), "{err}");
+}
+
+const SCHEMA: &str = "CREATE TABLE customers (id int PRIMARY KEY, name text, ssn bytea);";
+
+const ROLES: &str = "
+CREATE ROLE app LOGIN PASSWORD '{pw}';
+CREATE ROLE nosy LOGIN PASSWORD '{pw}';
+GRANT ALL ON customers TO app, nosy;
+";
+
+const REGISTRY: &str = r#"
+[[columns]]
+name = "public.customers.ssn"
+type = "text"
+mode = "deterministic"
+key = "pii"
+
+[[policies]]
+roles = ["app"]
+columns = ["public.customers.*"]
+access = "full"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_of_encrypted_columns_never_reaches_the_audit_log_even_with_all_literals() {
+    let (pg, mut config, keys) = encrypted::prepare(SCHEMA, REGISTRY).await;
+    pg.psql("postgres", &ROLES.replace("{pw}", PASSWORD)).unwrap();
+    encrypted::init(&pg, &config).await;
+    let dir = tempfile::tempdir().unwrap();
+    audit_to(&mut config, dir.path());
+    config.audit.statement_literals = StatementLiterals::All;
+    let mut env = TestEnv::start_on(pg, config).await;
+    let port = env.proxy_addr.port();
+
+    let app = connect(&url(port, "app", "postgres")).await;
+    app.simple_query(
+        "INSERT INTO customers (id, name, ssn) VALUES (1, 'Visible Ann', '111-22-3333')",
+    )
+    .await
+    .unwrap();
+    app.execute(
+        "INSERT INTO customers (id, name, ssn) VALUES ($1, $2, $3)",
+        &[&2i32, &"Bob", &"444-55-6666"],
+    )
+    .await
+    .unwrap();
+    let rows =
+        app.simple_query("SELECT ssn FROM customers WHERE ssn = '111-22-3333'").await.unwrap();
+    assert!(!rows.is_empty());
+    let nosy = connect(&url(port, "nosy", "postgres")).await;
+    let e =
+        nosy.simple_query("SELECT ssn FROM customers WHERE ssn = '777-88-9999'").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "42501");
+    drop((app, nosy));
+    env.shutdown().await.unwrap();
+
+    let (files, recs, all) = records(dir.path());
+    for secret in ["111-22-3333", "444-55-6666", "777-88-9999"] {
+        assert!(!all.contains(secret), "{secret} is in the audit log:\n{all}");
+    }
+    assert!(all.contains("'Visible Ann'"), "literals = all keeps the others:\n{all}");
+    let insert = recs
+        .iter()
+        .find(|r| r["statement"].as_str().is_some_and(|s| s.contains("Visible Ann")))
+        .unwrap();
+    assert_eq!(
+        insert["statement"],
+        "INSERT INTO customers (id, name, ssn) VALUES (1, 'Visible Ann', $1)"
+    );
+    assert_eq!(insert["encrypted_columns"][0], "public.customers.ssn");
+    let denied: Vec<&Value> = recs.iter().filter(|r| r["event"] == "denied").collect();
+    assert_eq!(denied.len(), 1, "{recs:?}");
+    assert_eq!(denied[0]["reason"], "column_access");
+    assert_eq!(denied[0]["user"], "nosy");
+    assert_eq!(denied[0]["sqlstate"], "42501");
+    let refused = recs.iter().find(|r| r["user"] == "nosy" && r["event"] == "statement").unwrap();
+    assert_eq!(refused["sqlstate"], "42501");
+    assert!(verify(&files).status.success());
+    drop(keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_sink_going_down_and_coming_back_loses_nothing() {
+    let pg = tokio::task::spawn_blocking(pgwarden_integration::start_cluster).await.unwrap();
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE auditor LOGIN PASSWORD '{PASSWORD}'; GRANT CREATE ON DATABASE postgres TO auditor;"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let mut config =
+        pgwarden_config::load_str(&pgwarden_integration::base_config_toml(&pg), std::iter::empty())
+            .unwrap();
+    config.upstream.admin_user = "auditor".into();
+    config.upstream.admin_password = Some(Secret::File(pw.display().to_string()));
+    audit_to(&mut config, dir.path());
+    config.audit.sinks = vec![AuditSink::File, AuditSink::Postgres];
+    let mut env = TestEnv::start_on(pg, config).await;
+    let direct = env.direct_client().await;
+    let client = env.proxy_client().await;
+    for i in 0..20 {
+        client.simple_query(&format!("SELECT {i}")).await.unwrap();
+    }
+    // The sink's login stops working and its connection is cut.
+    direct
+        .batch_execute(
+            "ALTER ROLE auditor NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = 'auditor'",
+        )
+        .await
+        .unwrap();
+    for i in 0..50 {
+        client.simple_query(&format!("SELECT {i}")).await.unwrap();
+    }
+    direct.batch_execute("ALTER ROLE auditor LOGIN").await.unwrap();
+    drop(client);
+    env.shutdown().await.unwrap();
+
+    let (_, recs, _) = records(dir.path());
+    let rows = direct.query("SELECT line FROM pgwarden.audit_log ORDER BY seq", &[]).await.unwrap();
+    let lines: Vec<Value> =
+        rows.iter().map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap()).collect();
+    assert_eq!(lines.len(), recs.len(), "the table holds every record the file holds");
+    assert_eq!(lines, recs);
+    assert!(recs.iter().filter(|r| r["event"] == "statement").count() >= 70);
+    // No record of the sink's own writes.
+    assert!(!recs.iter().any(|r| r["user"] == "auditor"));
+    let table = dir.path().join("table.jsonl");
+    let mut text: String = rows.iter().map(|r| format!("{}\n", r.get::<_, &str>(0))).collect();
+    std::fs::write(&table, std::mem::take(&mut text)).unwrap();
+    assert!(verify(&[table]).status.success());
+    let partitions = direct
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'pgwarden.audit_log'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(partitions.get::<_, i64>(0) >= 4, "default + this month + 2 ahead");
+}

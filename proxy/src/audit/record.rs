@@ -1,0 +1,226 @@
+//! An audit record and its JSON line (DESIGN.md, "Audit record").
+//!
+//! Records are built by sessions with owned or shared (`Arc`) parts and no
+//! formatting; the writer turns them into JSON, in one fixed field order, so
+//! that the line is its own canonical form for the HMAC.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Connect,
+    AuthOk,
+    AuthFailed,
+    Disconnect,
+    Statement,
+    Denied,
+    ConfigReload,
+    /// The end of a file (rotation) or of the proxy's run (clean shutdown):
+    /// what lets `pgwarden audit verify` tell a complete log from a cut one.
+    Seal,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Connect => "connect",
+            Event::AuthOk => "auth_ok",
+            Event::AuthFailed => "auth_failed",
+            Event::Disconnect => "disconnect",
+            Event::Statement => "statement",
+            Event::Denied => "denied",
+            Event::ConfigReload => "config_reload",
+            Event::Seal => "seal",
+        }
+    }
+
+    fn category(self) -> &'static str {
+        match self {
+            Event::Connect | Event::AuthOk | Event::AuthFailed | Event::Disconnect => {
+                "AUTHENTICATION"
+            }
+            Event::Statement => "DATA_ACCESS",
+            Event::Denied => "AUTHORIZATION",
+            Event::ConfigReload | Event::Seal => "CONFIGURATION",
+        }
+    }
+}
+
+/// Who a session is: shared by all its records.
+#[derive(Debug)]
+pub struct SessionInfo {
+    pub id: String,
+    pub user: String,
+    pub database: String,
+    pub application: String,
+    pub client_addr: String,
+    pub tls: bool,
+}
+
+/// A statement's text as the audit log shows it, shared by every execution
+/// of a prepared statement.
+#[derive(Debug, Default)]
+pub struct Statement {
+    pub text: String,
+    pub fingerprint: String,
+    /// Registered tables it touches (known on the encrypted database only).
+    pub tables: Vec<String>,
+    /// Encrypted columns it reads or writes.
+    pub encrypted_columns: Vec<String>,
+    /// The most restrictive access the role has to the columns it reads.
+    pub access: Option<&'static str>,
+}
+
+/// One audit record before it is chained.
+#[derive(Debug)]
+pub struct Record {
+    pub ts: SystemTime,
+    pub event: Event,
+    pub session: Option<Arc<SessionInfo>>,
+    /// simple | extended | function.
+    pub protocol: Option<&'static str>,
+    pub statement: Option<Arc<Statement>>,
+    /// `redacted` when the Execute had parameters (their values never
+    /// appear), else none.
+    pub params: Option<&'static str>,
+    pub rows: Option<u64>,
+    pub duration_us: Option<u64>,
+    /// ok | error | skipped (not run: an earlier statement failed) |
+    /// suspended | denied | refused.
+    pub outcome: &'static str,
+    pub sqlstate: Option<[u8; 5]>,
+    /// Why: the denial's reason, the seal's kind, the disconnect's end.
+    pub reason: Option<&'static str>,
+}
+
+impl Record {
+    pub fn new(event: Event, session: Option<Arc<SessionInfo>>, outcome: &'static str) -> Self {
+        Self {
+            ts: SystemTime::now(),
+            event,
+            session,
+            protocol: None,
+            statement: None,
+            params: None,
+            rows: None,
+            duration_us: None,
+            outcome,
+            sqlstate: None,
+            reason: None,
+        }
+    }
+
+    pub fn reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.statement.as_deref().map(|s| s.fingerprint.as_str())
+    }
+
+    fn severity(&self) -> &'static str {
+        match (self.event, self.outcome) {
+            (Event::Denied | Event::AuthFailed, _) => "WARNING",
+            (_, "error") => "ERROR",
+            _ => "INFO",
+        }
+    }
+
+    /// Appends the record's JSON, up to and including `"prev":"…"` and the
+    /// closing brace: the canonical text the MAC covers.
+    pub fn write_canonical(&self, seq: u64, prev: &str, out: &mut String) {
+        let ts = humantime::format_rfc3339_micros(self.ts);
+        let _ =
+            write!(out, "{{\"ts\":\"{ts}\",\"seq\":{seq},\"event\":\"{}\"", self.event.as_str());
+        let _ = write!(
+            out,
+            ",\"category\":\"{}\",\"severity\":\"{}\"",
+            self.event.category(),
+            self.severity()
+        );
+        let s = self.session.as_deref();
+        field_str(out, "session", s.map(|s| s.id.as_str()));
+        field_str(out, "user", s.map(|s| s.user.as_str()));
+        field_str(out, "database", s.map(|s| s.database.as_str()));
+        field_str(out, "application", s.map(|s| s.application.as_str()));
+        field_str(out, "client_addr", s.map(|s| s.client_addr.as_str()));
+        match s {
+            Some(s) => {
+                let _ = write!(out, ",\"tls\":{}", s.tls);
+            }
+            None => out.push_str(",\"tls\":null"),
+        }
+        field_str(out, "protocol", self.protocol);
+        let st = self.statement.as_deref();
+        field_str(out, "statement", st.map(|s| s.text.as_str()));
+        field_str(out, "fingerprint", st.map(|s| s.fingerprint.as_str()));
+        field_str(out, "params", self.params);
+        field_list(out, "tables", st.map_or(&[][..], |s| &s.tables));
+        field_list(out, "encrypted_columns", st.map_or(&[][..], |s| &s.encrypted_columns));
+        field_str(out, "access", st.and_then(|s| s.access));
+        field_num(out, "rows", self.rows);
+        field_num(out, "duration_us", self.duration_us);
+        field_str(out, "outcome", Some(self.outcome));
+        let sqlstate = self.sqlstate.as_ref().and_then(|s| std::str::from_utf8(s).ok());
+        field_str(out, "sqlstate", sqlstate);
+        out.push_str(",\"threats\":[]");
+        field_str(out, "reason", self.reason);
+        let _ = write!(out, ",\"prev\":\"{prev}\"}}");
+    }
+}
+
+fn field_str(out: &mut String, name: &str, value: Option<&str>) {
+    let _ = write!(out, ",\"{name}\":");
+    match value {
+        Some(v) => escape(v, out),
+        None => out.push_str("null"),
+    }
+}
+
+fn field_num(out: &mut String, name: &str, value: Option<u64>) {
+    let _ = match value {
+        Some(v) => write!(out, ",\"{name}\":{v}"),
+        None => write!(out, ",\"{name}\":null"),
+    };
+}
+
+fn field_list(out: &mut String, name: &str, values: &[String]) {
+    let _ = write!(out, ",\"{name}\":[");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        escape(v, out);
+    }
+    out.push(']');
+}
+
+/// A JSON string literal.
+pub fn escape(s: &str, out: &mut String) {
+    out.push('"');
+    let mut from = 0;
+    for (i, c) in s.char_indices() {
+        let esc = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => "",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push_str(esc);
+        }
+        from = i + c.len_utf8();
+    }
+    out.push_str(&s[from..]);
+    out.push('"');
+}
