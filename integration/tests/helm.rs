@@ -156,8 +156,10 @@ fn dashboard_exprs() -> Vec<String> {
 
 #[test]
 fn the_dashboard_queries_only_metrics_pgwarden_exports() {
-    let exposition =
-        String::from_utf8(pgwarden::metrics::Metrics::new().unwrap().encode()).unwrap();
+    let metrics = pgwarden::metrics::Metrics::new().unwrap();
+    // The per-column families have series once a column is registered.
+    let _columns = metrics.columns(["public.customers.ssn"]);
+    let exposition = String::from_utf8(metrics.encode()).unwrap();
     let exported: BTreeSet<String> = exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -179,6 +181,14 @@ fn the_dashboard_queries_only_metrics_pgwarden_exports() {
         "pgwarden_bytes_total",
         "pgwarden_auth_failures_total",
         "pgwarden_denied_total",
+        "pgwarden_crypto_operations_total",
+        "pgwarden_masked_values_total",
+        "pgwarden_crypto_duration_seconds_bucket",
+        "pgwarden_lockouts_active",
+        "pgwarden_rate_limited_total",
+        "pgwarden_audit_events_total",
+        "pgwarden_audit_queue_depth",
+        "pgwarden_audit_dropped_total",
     ] {
         assert!(used.contains(family), "the dashboard has no panel over {family}");
     }
