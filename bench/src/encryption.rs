@@ -3,6 +3,10 @@
 //! they are plain `text`, as ratios (encrypted throughput / plaintext
 //! throughput) measured in one run.
 //!
+//! # Layout
+//! - this file: the run, its tables and the operations measured;
+//! - [`report`]: medians, ratios, tables and JSON.
+//!
 //! Teardown is by drop order, as in the pass-through run: pgwarden stops
 //! first, then its scratch directory (master key included) goes, then
 //! Postgres.
@@ -21,18 +25,21 @@ use pgwarden::crypto::MasterKey;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
+use self::report::{markdown_table, text_table, to_json, verdict, Meta, OpResults, Sample};
 use crate::procs::{self, Interrupt, ScratchDir};
-use crate::report::{self, js, median, num};
+use crate::report::utc_now;
 use crate::runner::{first_line, read_trimmed};
 use crate::warden::{self, Pgwarden};
+
+mod report;
 
 /// The database both tables live in.
 const DATABASE: &str = "bench";
 /// Rows per INSERT statement, and how many statements are in flight.
 pub const INSERT_BATCH: usize = 100;
-const INSERT_PIPELINE: usize = 4;
+pub const INSERT_PIPELINE: usize = 4;
 /// Bytes per CopyData message of a COPY FROM STDIN.
-const COPY_CHUNK: usize = 64 * 1024;
+pub const COPY_CHUNK: usize = 64 * 1024;
 
 /// `ssn` deterministic (AES-256-GCM-SIV), `card` randomized (AES-256-GCM),
 /// both `text` to the client and `bytea` in Postgres.
@@ -123,58 +130,9 @@ impl Op {
     }
 }
 
-/// One measured operation on one table.
-#[derive(Debug, Clone, Copy)]
-pub struct Sample {
-    pub seconds: f64,
-    pub rows: u64,
-    /// CPU seconds pgwarden used meanwhile (all threads).
-    pub proxy_cpu_s: f64,
-}
-
-impl Sample {
-    pub fn rows_per_second(&self) -> f64 {
-        self.rows as f64 / self.seconds
-    }
-
-    pub fn proxy_cpu_us_per_row(&self) -> f64 {
-        self.proxy_cpu_s * 1e6 / self.rows as f64
-    }
-}
-
-/// Every round of one operation, per table.
-#[derive(Debug, Clone)]
-pub struct OpResults {
-    pub op: Op,
-    /// Indexed like [`Table::ALL`].
-    pub samples: [Vec<Sample>; 2],
-}
-
-impl OpResults {
-    fn of(&self, t: Table) -> &[Sample] {
-        &self.samples[t as usize]
-    }
-
-    pub fn rows_per_second(&self, t: Table) -> f64 {
-        median(self.of(t).iter().map(Sample::rows_per_second))
-    }
-
-    pub fn cpu_us_per_row(&self, t: Table) -> f64 {
-        median(self.of(t).iter().map(Sample::proxy_cpu_us_per_row))
-    }
-
-    /// Encrypted throughput / plaintext throughput (medians).
-    pub fn ratio(&self) -> f64 {
-        self.rows_per_second(Table::Encrypted) / self.rows_per_second(Table::Plaintext)
-    }
-}
-
-/// The target of issue 3: encrypted at least 0.8× plaintext throughput.
-pub const TARGET: f64 = 0.8;
-
 pub fn run(settings: &Settings) -> Result<()> {
     let interrupt = Interrupt::install();
-    let (started, stamp) = report::utc_now();
+    let (started, stamp) = utc_now();
     let warden_bin = match &settings.pgwarden_bin {
         Some(bin) => bin.clone(),
         None => warden::build_release()?,
@@ -216,7 +174,7 @@ pub fn run(settings: &Settings) -> Result<()> {
 
     let meta = Meta {
         started_utc: started,
-        finished_utc: report::utc_now().0,
+        finished_utc: utc_now().0,
         loadavg_start,
         loadavg_end: read_trimmed("/proc/loadavg"),
         postgres: first_line(Command::new(cluster.bindir().join("postgres")).arg("--version")),
@@ -524,136 +482,4 @@ fn copy_out(psql: &Path, port: u16, t: Table) -> Result<u64> {
         "psql COPY TO STDOUT",
     )?;
     Ok(out.bytes().filter(|&b| b == b'\n').count() as u64)
-}
-
-/// What was run, on what, with which versions.
-struct Meta {
-    started_utc: String,
-    finished_utc: String,
-    loadavg_start: String,
-    loadavg_end: String,
-    postgres: String,
-    pgwarden: String,
-    git_rev: String,
-    rows: usize,
-    rounds: u32,
-}
-
-fn text_table(results: &[OpResults]) -> String {
-    let mut out = format!(
-        "{:<16} | {:>12} {:>12} | {:>7} | {:>9} {:>9}\n{}\n",
-        "operation",
-        "plain rows/s",
-        "enc rows/s",
-        "enc/pl",
-        "plain cpu",
-        "enc cpu",
-        "-".repeat(77)
-    );
-    for r in results {
-        out.push_str(&format!(
-            "{:<16} | {:>12.0} {:>12.0} | {:>7.3} | {:>9.2} {:>9.2}\n",
-            r.op.name(),
-            r.rows_per_second(Table::Plaintext),
-            r.rows_per_second(Table::Encrypted),
-            r.ratio(),
-            r.cpu_us_per_row(Table::Plaintext),
-            r.cpu_us_per_row(Table::Encrypted)
-        ));
-    }
-    out.push_str(
-        "rows/s: median over rounds; cpu = pgwarden's CPU time per row in µs (all threads)\n",
-    );
-    out
-}
-
-fn markdown_table(results: &[OpResults]) -> String {
-    let mut out = String::from(
-        "| operation | plaintext rows/s | encrypted rows/s | encrypted / plaintext \
-         | pgwarden CPU µs/row, plaintext | pgwarden CPU µs/row, encrypted |\n\
-         |---|---:|---:|---:|---:|---:|\n",
-    );
-    for r in results {
-        out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.3} | {:.2} | {:.2} |\n",
-            r.op.describe(),
-            r.rows_per_second(Table::Plaintext),
-            r.rows_per_second(Table::Encrypted),
-            r.ratio(),
-            r.cpu_us_per_row(Table::Plaintext),
-            r.cpu_us_per_row(Table::Encrypted)
-        ));
-    }
-    out
-}
-
-fn verdict(results: &[OpResults]) -> String {
-    let below: Vec<String> = results
-        .iter()
-        .filter(|r| r.ratio().is_nan() || r.ratio() < TARGET)
-        .map(|r| format!("{} ({:.3})", r.op.name(), r.ratio()))
-        .collect();
-    if below.is_empty() {
-        format!("target met: encrypted >= {TARGET} x plaintext throughput in every operation")
-    } else {
-        format!(
-            "target missed: encrypted < {TARGET} x plaintext throughput in {}",
-            below.join(", ")
-        )
-    }
-}
-
-fn to_json(meta: &Meta, results: &[OpResults]) -> String {
-    let mut out = String::from("{\n  \"benchmark\": \"encryption\",\n");
-    out.push_str(&format!(
-        "  \"description\": {},\n",
-        js("the same rows through pgwarden in a table with two encrypted text columns (ssn deterministic AES-256-GCM-SIV, card randomized AES-256-GCM) and in one with plain text columns; one tokio-postgres connection; rows/s median over rounds, ratio = encrypted / plaintext")
-    ));
-    out.push_str(&format!(
-        "  \"started_utc\": {},\n  \"finished_utc\": {},\n",
-        js(&meta.started_utc),
-        js(&meta.finished_utc)
-    ));
-    out.push_str(&format!(
-        "  \"machine\": {{\"cpus\": {}, \"loadavg_start\": {}, \"loadavg_end\": {}}},\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        js(&meta.loadavg_start),
-        js(&meta.loadavg_end)
-    ));
-    out.push_str(&format!(
-        "  \"versions\": {{\"postgres\": {}, \"pgwarden\": {}, \"git_rev\": {}}},\n",
-        js(&meta.postgres),
-        js(&meta.pgwarden),
-        js(&meta.git_rev)
-    ));
-    out.push_str(&format!(
-        "  \"settings\": {{\"rows\": {}, \"rounds\": {}, \"insert_batch\": {INSERT_BATCH}, \"insert_pipeline\": {INSERT_PIPELINE}, \"copy_chunk_bytes\": {COPY_CHUNK}}},\n",
-        meta.rows, meta.rounds
-    ));
-    out.push_str(&format!("  \"target_ratio\": {},\n  \"results\": [\n", num(TARGET)));
-    for (i, r) in results.iter().enumerate() {
-        out.push_str(&format!(
-            "    {{\"operation\": {}, \"description\": {}, \"ratio\": {}",
-            js(r.op.name()),
-            js(r.op.describe()),
-            num(r.ratio())
-        ));
-        for t in Table::ALL {
-            let list = |f: fn(&Sample) -> f64| -> String {
-                r.of(t).iter().map(|s| num(f(s))).collect::<Vec<_>>().join(", ")
-            };
-            out.push_str(&format!(
-                ", {}: {{\"rows_per_second\": {}, \"proxy_cpu_us_per_row\": {}, \"rounds_seconds\": [{}], \"rounds_rows_per_second\": [{}], \"rounds_proxy_cpu_s\": [{}]}}",
-                js(t.name()),
-                num(r.rows_per_second(t)),
-                num(r.cpu_us_per_row(t)),
-                list(|s| s.seconds),
-                list(Sample::rows_per_second),
-                list(|s| s.proxy_cpu_s)
-            ));
-        }
-        out.push_str(if i + 1 < results.len() { "},\n" } else { "}\n" });
-    }
-    out.push_str("  ]\n}\n");
-    out
 }
