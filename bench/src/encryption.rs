@@ -276,6 +276,9 @@ async fn measure(
     let (client, conn) =
         tokio_postgres::connect(&url, NoTls).await.context("connecting through pgwarden")?;
     let conn = tokio::spawn(conn);
+    // pgwarden hands clients Postgres' own backend pid.
+    let backend: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let backend = u32::try_from(backend).context("pg_backend_pid()")?;
     let mut prepared = Vec::new();
     for t in Table::ALL {
         let placeholders: Vec<String> = (0..INSERT_BATCH)
@@ -320,6 +323,7 @@ async fn measure(
                     truncate(cluster, t)?;
                 }
                 let cpu_before = procs::cpu_seconds(pgwarden.pid(), ticks)?;
+                let pg_before = procs::cpu_seconds(backend, ticks)?;
                 let start = Instant::now();
                 let rows = match result.op {
                     Op::CopyIn => copy_in(&client, t, data).await,
@@ -331,6 +335,9 @@ async fn measure(
                 .with_context(|| format!("{} on table {}", result.op.name(), t.name()))?;
                 let seconds = start.elapsed().as_secs_f64();
                 let proxy_cpu_s = procs::cpu_seconds(pgwarden.pid(), ticks)? - cpu_before;
+                let postgres_cpu_s = (result.op != Op::CopyOut)
+                    .then(|| procs::cpu_seconds(backend, ticks).map(|s| s - pg_before))
+                    .transpose()?;
                 ensure!(
                     rows == data.rows.len() as u64,
                     "{} on {}: {rows} rows, expected {}",
@@ -341,7 +348,7 @@ async fn measure(
                 if result.op.writes() {
                     vacuum(cluster, t)?;
                 }
-                let sample = Sample { seconds, rows, proxy_cpu_s };
+                let sample = Sample { seconds, rows, proxy_cpu_s, postgres_cpu_s };
                 done += 1;
                 eprintln!(
                     "[{done:>2}/{total}] {:<16} {:<9} {:>9.0} rows/s  {:.3} s  pgwarden {:.2} µs CPU/row",

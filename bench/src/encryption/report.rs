@@ -11,6 +11,10 @@ pub struct Sample {
     pub rows: u64,
     /// CPU seconds pgwarden used meanwhile (all threads).
     pub proxy_cpu_s: f64,
+    /// CPU seconds the Postgres backend of the measuring connection used
+    /// meanwhile; `None` for COPY TO STDOUT, which psql runs on a backend of
+    /// its own.
+    pub postgres_cpu_s: Option<f64>,
 }
 
 impl Sample {
@@ -20,6 +24,10 @@ impl Sample {
 
     pub fn proxy_cpu_us_per_row(&self) -> f64 {
         self.proxy_cpu_s * 1e6 / self.rows as f64
+    }
+
+    pub fn postgres_cpu_us_per_row(&self) -> Option<f64> {
+        self.postgres_cpu_s.map(|s| s * 1e6 / self.rows as f64)
     }
 }
 
@@ -42,6 +50,11 @@ impl OpResults {
 
     pub fn cpu_us_per_row(&self, t: Table) -> f64 {
         median(self.of(t).iter().map(Sample::proxy_cpu_us_per_row))
+    }
+
+    /// Median Postgres backend CPU per row; NaN when not measured.
+    pub fn postgres_cpu_us_per_row(&self, t: Table) -> f64 {
+        median(self.of(t).iter().filter_map(Sample::postgres_cpu_us_per_row))
     }
 
     /// Encrypted throughput / plaintext throughput (medians).
@@ -68,28 +81,33 @@ pub struct Meta {
 
 pub fn text_table(results: &[OpResults]) -> String {
     let mut out = format!(
-        "{:<16} | {:>12} {:>12} | {:>7} | {:>9} {:>9}\n{}\n",
+        "{:<16} | {:>12} {:>12} | {:>7} | {:>9} {:>9} | {:>9} {:>9}\n{}\n",
         "operation",
         "plain rows/s",
         "enc rows/s",
         "enc/pl",
         "plain cpu",
         "enc cpu",
-        "-".repeat(77)
+        "plain pg",
+        "enc pg",
+        "-".repeat(99)
     );
     for r in results {
         out.push_str(&format!(
-            "{:<16} | {:>12.0} {:>12.0} | {:>7.3} | {:>9.2} {:>9.2}\n",
+            "{:<16} | {:>12.0} {:>12.0} | {:>7.3} | {:>9.2} {:>9.2} | {:>9} {:>9}\n",
             r.op.name(),
             r.rows_per_second(Table::Plaintext),
             r.rows_per_second(Table::Encrypted),
             r.ratio(),
             r.cpu_us_per_row(Table::Plaintext),
-            r.cpu_us_per_row(Table::Encrypted)
+            r.cpu_us_per_row(Table::Encrypted),
+            us(r.postgres_cpu_us_per_row(Table::Plaintext)),
+            us(r.postgres_cpu_us_per_row(Table::Encrypted))
         ));
     }
     out.push_str(
-        "rows/s: median over rounds; cpu = pgwarden's CPU time per row in µs (all threads)\n",
+        "rows/s: median over rounds; cpu = pgwarden's CPU time per row in µs (all threads); \
+         pg = the Postgres backend's\n",
     );
     out
 }
@@ -97,21 +115,33 @@ pub fn text_table(results: &[OpResults]) -> String {
 pub fn markdown_table(results: &[OpResults]) -> String {
     let mut out = String::from(
         "| operation | plaintext rows/s | encrypted rows/s | encrypted / plaintext \
-         | pgwarden CPU µs/row, plaintext | pgwarden CPU µs/row, encrypted |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+         | pgwarden CPU µs/row, plaintext | pgwarden CPU µs/row, encrypted \
+         | Postgres CPU µs/row, plaintext | Postgres CPU µs/row, encrypted |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.3} | {:.2} | {:.2} |\n",
+            "| {} | {:.0} | {:.0} | {:.3} | {:.2} | {:.2} | {} | {} |\n",
             r.op.describe(),
             r.rows_per_second(Table::Plaintext),
             r.rows_per_second(Table::Encrypted),
             r.ratio(),
             r.cpu_us_per_row(Table::Plaintext),
-            r.cpu_us_per_row(Table::Encrypted)
+            r.cpu_us_per_row(Table::Encrypted),
+            us(r.postgres_cpu_us_per_row(Table::Plaintext)),
+            us(r.postgres_cpu_us_per_row(Table::Encrypted))
         ));
     }
     out
+}
+
+/// µs with two decimals, `-` when not measured.
+fn us(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".into()
+    }
 }
 
 pub fn verdict(results: &[OpResults]) -> String {
@@ -170,13 +200,15 @@ pub fn to_json(meta: &Meta, results: &[OpResults]) -> String {
                 r.of(t).iter().map(|s| num(f(s))).collect::<Vec<_>>().join(", ")
             };
             out.push_str(&format!(
-                ", {}: {{\"rows_per_second\": {}, \"proxy_cpu_us_per_row\": {}, \"rounds_seconds\": [{}], \"rounds_rows_per_second\": [{}], \"rounds_proxy_cpu_s\": [{}]}}",
+                ", {}: {{\"rows_per_second\": {}, \"proxy_cpu_us_per_row\": {}, \"postgres_cpu_us_per_row\": {}, \"rounds_seconds\": [{}], \"rounds_rows_per_second\": [{}], \"rounds_proxy_cpu_s\": [{}], \"rounds_postgres_cpu_s\": [{}]}}",
                 js(t.name()),
                 num(r.rows_per_second(t)),
                 num(r.cpu_us_per_row(t)),
+                num(r.postgres_cpu_us_per_row(t)),
                 list(|s| s.seconds),
                 list(Sample::rows_per_second),
-                list(|s| s.proxy_cpu_s)
+                list(|s| s.proxy_cpu_s),
+                list(|s| s.postgres_cpu_s.unwrap_or(f64::NAN))
             ));
         }
         out.push_str(if i + 1 < results.len() { "},\n" } else { "}\n" });
@@ -190,7 +222,12 @@ mod tests {
     use super::*;
 
     fn sample(rows_per_second: f64) -> Sample {
-        Sample { seconds: 1000.0 / rows_per_second, rows: 1000, proxy_cpu_s: 0.001 }
+        Sample {
+            seconds: 1000.0 / rows_per_second,
+            rows: 1000,
+            proxy_cpu_s: 0.001,
+            postgres_cpu_s: Some(0.002),
+        }
     }
 
     fn results(op: Op, plain: &[f64], enc: &[f64]) -> OpResults {
