@@ -1,15 +1,20 @@
-//! `pgwarden-bench`: the end-to-end benchmark runner. In one run it starts a
-//! throwaway Postgres, PgBouncer and a release pgwarden, runs `pgbench -S` in
-//! every protocol mode at 1 and 16 clients through each of the three, and
-//! prints and saves the TPS ratios. Everything it started is stopped and
+//! `pgwarden-bench`: the end-to-end benchmark runner. By default (the
+//! pass-through run) it starts a throwaway Postgres, PgBouncer and a release
+//! pgwarden, runs `pgbench -S` in every protocol mode at 1 and 16 clients
+//! through each of the three, and prints and saves the TPS ratios. The
+//! `encryption` suite compares a table with encrypted columns to a plaintext
+//! one, both through pgwarden. Everything a run started is stopped and
 //! removed at exit, on error and on Ctrl-C.
 //!
 //! ```text
 //! cargo run --release -p pgwarden-bench -- --seconds 10
+//! cargo run --release -p pgwarden-bench -- encryption
 //! ```
 //!
 //! # Layout
-//! - `runner`: the run, in order: build, install, start, measure, report.
+//! - `runner`: the pass-through run, in order: build, install, start,
+//!   measure, report.
+//! - `encryption`: the encryption suite, with its own tables and report.
 //! - `pgbench`: invoking pgbench and parsing its summary.
 //! - `bouncer`: installing and running PgBouncer.
 //! - `warden`: building and running pgwarden.
@@ -17,6 +22,7 @@
 //! - `procs`: guards for child processes and scratch files, signal handling.
 
 mod bouncer;
+mod encryption;
 mod pgbench;
 mod procs;
 mod report;
@@ -26,16 +32,62 @@ mod warden;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use crate::pgbench::Mode;
 
 #[derive(Parser)]
 #[command(
     name = "pgwarden-bench",
-    about = "pgbench -S through direct Postgres, PgBouncer and pgwarden, as ratios"
+    about = "pgbench -S through direct Postgres, PgBouncer and pgwarden, as ratios \
+             (default); `encryption`: encrypted vs plaintext columns through pgwarden",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    suite: Option<Suite>,
+    #[command(flatten)]
+    passthrough: Passthrough,
+}
+
+#[derive(Subcommand)]
+enum Suite {
+    /// SELECT, INSERT and COPY of the same rows through pgwarden, in a table
+    /// with two encrypted text columns and in a plaintext one, as ratios.
+    Encryption(Encryption),
+}
+
+#[derive(Args)]
+struct Encryption {
+    /// Rows per table (rounded up to a multiple of 100, the INSERT batch).
+    #[arg(long, default_value_t = 200_000)]
+    rows: usize,
+    /// Repeat every measurement this many times and report the median.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Use this pgwarden binary instead of building target/release/pgwarden.
+    #[arg(long)]
+    pgwarden_bin: Option<PathBuf>,
+    /// Directory for the JSON results.
+    #[arg(long, default_value_os_t = default_out_dir())]
+    out: PathBuf,
+}
+
+impl Encryption {
+    fn settings(self) -> encryption::Settings {
+        let batch = encryption::INSERT_BATCH;
+        encryption::Settings {
+            rows: self.rows.max(1).div_ceil(batch) * batch,
+            rounds: self.rounds.max(1),
+            pgwarden_bin: self.pgwarden_bin,
+            out_dir: self.out,
+        }
+    }
+}
+
+/// The pass-through run's flags.
+#[derive(Args)]
+struct Passthrough {
     /// Seconds per measured pgbench run.
     #[arg(long, default_value_t = 10)]
     seconds: u32,
@@ -72,7 +124,7 @@ fn default_out_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
 }
 
-impl Cli {
+impl Passthrough {
     fn settings(self) -> runner::Settings {
         let (scale, seconds, warmup_seconds, rounds) = if self.quick {
             (1, 2, 1, 1)
@@ -94,8 +146,12 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    let settings = Cli::parse().settings();
-    match runner::run(&settings) {
+    let cli = Cli::parse();
+    let result = match cli.suite {
+        Some(Suite::Encryption(args)) => encryption::run(&args.settings()),
+        None => runner::run(&cli.passthrough.settings()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgwarden-bench: {e:#}");

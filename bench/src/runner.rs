@@ -232,13 +232,13 @@ fn write_results(dir: &Path, stamp: &str, meta: &Meta, rows: &[Row]) -> Result<(
     Ok((json, svg))
 }
 
-fn first_line(cmd: &mut Command) -> String {
+pub(crate) fn first_line(cmd: &mut Command) -> String {
     procs::output(cmd, "version")
         .map(|s| s.lines().next().unwrap_or_default().trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn read_trimmed(path: &str) -> String {
+pub(crate) fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 

@@ -1,5 +1,6 @@
 //! pgwarden under test: the release binary, built by the runner, run as a
-//! separate process in pass-through mode (no encrypted columns, no audit).
+//! separate process: in pass-through mode (no encrypted columns, no audit),
+//! or with the config a suite writes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,12 +57,18 @@ pub struct Pgwarden {
 }
 
 impl Pgwarden {
+    /// pgwarden in pass-through mode.
     pub fn start(bin: &Path, dir: &ScratchDir, upstream_port: u16, workers: u16) -> Result<Self> {
+        Self::start_with(bin, dir, |port| config(port, upstream_port, workers))
+    }
+
+    /// pgwarden with the config `toml(listen port)` returns.
+    pub fn start_with(bin: &Path, dir: &ScratchDir, toml: impl Fn(u16) -> String) -> Result<Self> {
         let mut last = None;
         // The port may be taken between our probe and pgwarden's bind.
         for _ in 0..3 {
             let port = procs::free_port()?;
-            match Self::start_on(bin, dir, upstream_port, port, workers) {
+            match Self::start_on(bin, dir, port, &toml(port)) {
                 Ok(w) => return Ok(w),
                 Err(e) => last = Some(e),
             }
@@ -69,19 +76,11 @@ impl Pgwarden {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("pgwarden did not start")))
     }
 
-    fn start_on(
-        bin: &Path,
-        dir: &ScratchDir,
-        upstream_port: u16,
-        port: u16,
-        workers: u16,
-    ) -> Result<Self> {
-        let toml = config(port, upstream_port, workers);
+    fn start_on(bin: &Path, dir: &ScratchDir, port: u16, toml: &str) -> Result<Self> {
         // Catch a schema change here, with every problem listed, rather than
         // as a process that exits at once.
-        pgwarden_config::load_str(&toml, std::iter::empty())
-            .map_err(|e| anyhow::anyhow!("the generated pgwarden config is invalid: {e}"))?;
-        let file = dir.write("pgwarden.toml", &toml, None)?;
+        check_config(toml)?;
+        let file = dir.write("pgwarden.toml", toml, None)?;
         let mut cmd = Command::new(bin);
         cmd.arg("run").arg("--config").arg(&file).env("PGWARDEN_LOG", "warn");
         // Overrides from the caller's environment would change what we measure.
@@ -98,6 +97,17 @@ impl Pgwarden {
     pub fn pid(&self) -> u32 {
         self.service.pid()
     }
+}
+
+/// Parses and validates a generated config, listing every problem.
+pub fn check_config(toml: &str) -> Result<pgwarden_config::Config> {
+    let config = pgwarden_config::load_str(toml, std::iter::empty())
+        .map_err(|e| anyhow::anyhow!("the generated pgwarden config is invalid: {e}"))?;
+    let problems = config.validate();
+    if !problems.is_empty() {
+        bail!("the generated pgwarden config is invalid: {}", problems.join("; "));
+    }
+    Ok(config)
 }
 
 /// Pass-through: listen and upstream only, everything else at its default.

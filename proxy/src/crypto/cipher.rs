@@ -6,7 +6,10 @@
 //! key, so no AES key ever serves two algorithms:
 //!
 //! - randomized (AES-256-GCM): key `HMAC-SHA256(K, "pgwarden v1 randomized key")`,
-//!   nonce 96 random bits from the OS per value;
+//!   nonce 96 random bits per value, from the thread's CSPRNG (`rand`'s
+//!   `ThreadRng`: ChaCha12 seeded and periodically reseeded from the OS),
+//!   not a `getrandom` system call per value, which cost more than the
+//!   AEAD itself for short values;
 //! - deterministic (AES-256-GCM-SIV): key
 //!   `HMAC-SHA256(K, "pgwarden v1 deterministic key")`, nonce
 //!   `HMAC-SHA256(K, "pgwarden deterministic nonce")[..12]`, fixed per key.
@@ -98,7 +101,7 @@ impl ColumnCipher {
         let nonce = match mode {
             Mode::Randomized => {
                 let mut nonce = [0u8; NONCE_LEN];
-                rand::rngs::OsRng.fill_bytes(&mut nonce);
+                rand::thread_rng().fill_bytes(&mut nonce);
                 nonce
             }
             Mode::Deterministic => self.deterministic_nonce,
