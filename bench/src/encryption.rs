@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - this file: the run, its tables and the operations measured;
-//! - [`report`]: medians, ratios, tables and JSON.
+//! - [`report`]: medians, ratios, tables and JSON;
+//! - [`masking`]: masked vs full reads of the encrypted table.
 //!
 //! Teardown is by drop order, as in the pass-through run: pgwarden stops
 //! first, then its scratch directory (master key included) goes, then
@@ -31,10 +32,11 @@ use crate::report::utc_now;
 use crate::runner::{first_line, read_trimmed};
 use crate::warden::{self, Pgwarden};
 
+mod masking;
 mod report;
 
 /// The database both tables live in.
-const DATABASE: &str = "bench";
+pub(crate) const DATABASE: &str = "bench";
 /// Rows per INSERT statement, and how many statements are in flight.
 pub const INSERT_BATCH: usize = 100;
 pub const INSERT_PIPELINE: usize = 4;
@@ -143,6 +145,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     let cluster = Cluster::start(None).context("starting a throwaway Postgres")?;
     cluster.psql("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
     cluster.psql(DATABASE, SCHEMA).context("creating the tables")?;
+    cluster.psql(DATABASE, &masking::role_sql()).context("creating the masked role")?;
 
     let scratch = ScratchDir::create(None)?;
     let key = scratch.write("master.key", MasterKey::generate().to_base64().expose(), None)?;
@@ -171,6 +174,8 @@ pub fn run(settings: &Settings) -> Result<()> {
     let data = Data::generate(settings.rows);
     let loadavg_start = read_trimmed("/proc/loadavg");
     let results = rt.block_on(measure(settings, &cluster, &pgwarden, &data, &interrupt))?;
+    let rows = data.rows.len() as u64;
+    let masks = rt.block_on(masking::measure(pgwarden.port, rows, settings.rounds, &interrupt))?;
 
     let meta = Meta {
         started_utc: started,
@@ -192,6 +197,9 @@ pub fn run(settings: &Settings) -> Result<()> {
     let json = settings.out_dir.join(format!("encryption-{stamp}.json"));
     std::fs::write(&json, to_json(&meta, &results))
         .with_context(|| format!("writing {}", json.display()))?;
+    let masks_json = settings.out_dir.join(format!("encryption-{stamp}-masking.json"));
+    std::fs::write(&masks_json, masking::to_json(&masks))
+        .with_context(|| format!("writing {}", masks_json.display()))?;
 
     println!();
     println!(
@@ -207,6 +215,13 @@ pub fn run(settings: &Settings) -> Result<()> {
     println!();
     print!("{}", markdown_table(&results));
     println!();
+    println!(
+        "masked vs full reads of the encrypted table (target masked / full >= {}):",
+        masking::TARGET
+    );
+    println!();
+    print!("{}", masking::markdown(&masks));
+    println!();
     println!("wrote {}", json.display());
     Ok(())
 }
@@ -220,7 +235,8 @@ fn config(port: u16, upstream_port: u16, key: &Path, password: &Path) -> String 
          [upstream]\nhost = \"127.0.0.1\"\nport = {upstream_port}\ntls = \"disable\"\n\
          admin_user = \"{admin}\"\nadmin_password = \"file:{password}\"\n\
          admin_database = \"{DATABASE}\"\n\n\
-         [keys]\nmaster_key = \"file:{key}\"\n{COLUMNS}",
+         [keys]\nmaster_key = \"file:{key}\"\n{COLUMNS}{policies}",
+        policies = masking::POLICIES,
         admin = roles::SCRAM,
         password = password.display(),
         key = key.display(),

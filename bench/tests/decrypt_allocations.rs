@@ -85,7 +85,7 @@ fn decrypting_data_rows_allocates_nothing_per_value() {
 
     // Simple protocol: text results.
     let queue = Queue::default();
-    let mut backend = Backend::new(enc.clone());
+    let mut backend = Backend::new(enc.clone(), "bench".into());
     let mut out = BytesMut::with_capacity(64 * 1024);
     assert!(queue.push(Pending::Simple));
     backend.handle(&row_description, &queue, &mut out).unwrap();
@@ -165,7 +165,8 @@ fn config(pg: &Cluster, dir: &std::path::Path) -> pgwarden_config::Config {
          admin_user = \"{admin}\"\nadmin_password = \"file:{pw}\"\n\n\
          [keys]\nmaster_key = \"file:{key}\"\n\n\
          [[columns]]\nname = \"public.customers.ssn\"\ntype = \"text\"\nmode = \"deterministic\"\nkey = \"pii\"\n\n\
-         [[columns]]\nname = \"public.customers.card\"\ntype = \"text\"\nmode = \"randomized\"\nkey = \"pci\"\n",
+         [[columns]]\nname = \"public.customers.card\"\ntype = \"text\"\nmode = \"randomized\"\nkey = \"pci\"\n\n\
+         [access]\ndefault = \"full\"\n",
         port = pg.port(),
         admin = roles::SCRAM,
         pw = pw.display(),
