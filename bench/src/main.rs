@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! cargo run --release -p pgwarden-bench -- --seconds 10
+//! cargo run --release -p pgwarden-bench -- tls --rounds 3    # client TLS
 //! ```
 //!
 //! # Layout
@@ -15,27 +16,33 @@
 //! - `warden`: building and running pgwarden.
 //! - `report`: terminal and markdown tables, JSON, SVG chart.
 //! - `procs`: guards for child processes and scratch files, signal handling.
+//! - `tls`: the `tls` suite (client TLS through both proxies).
 
 mod bouncer;
 mod pgbench;
 mod procs;
 mod report;
 mod runner;
+mod tls;
 mod warden;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use crate::pgbench::Mode;
 
 #[derive(Parser)]
 #[command(
     name = "pgwarden-bench",
-    about = "pgbench -S through direct Postgres, PgBouncer and pgwarden, as ratios"
+    about = "pgbench -S through direct Postgres, PgBouncer and pgwarden, as ratios",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// A suite other than the pass-through run (the default).
+    #[command(subcommand)]
+    suite: Option<Suite>,
     /// Seconds per measured pgbench run.
     #[arg(long, default_value_t = 10)]
     seconds: u32,
@@ -68,6 +75,56 @@ struct Cli {
     out: PathBuf,
 }
 
+#[derive(Subcommand)]
+enum Suite {
+    /// pgbench -S -M prepared with client TLS (sslmode=require) through
+    /// PgBouncer and pgwarden, steady and with -C (a connection per transaction).
+    Tls(SuiteArgs),
+}
+
+#[derive(Args)]
+struct SuiteArgs {
+    /// Seconds per measured pgbench run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// pgbench scale factor (-s) for `pgbench -i`.
+    #[arg(long, default_value_t = 10)]
+    scale: u32,
+    /// Seconds of warm-up before each measured run (not counted).
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
+    /// Repeat every run this many times and report the median.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// pgbench -c (with -j min(clients, 2)).
+    #[arg(long, default_value_t = 16)]
+    clients: u32,
+    /// Use this pgwarden binary instead of building target/release/pgwarden.
+    #[arg(long)]
+    pgwarden_bin: Option<PathBuf>,
+    /// pgwarden's `listen.worker_threads` (0: one per CPU, 1: a single thread).
+    #[arg(long, default_value_t = 0)]
+    pgwarden_workers: u16,
+    /// Directory for the JSON results.
+    #[arg(long, default_value_os_t = default_out_dir())]
+    out: PathBuf,
+}
+
+impl SuiteArgs {
+    fn settings(self) -> tls::Settings {
+        tls::Settings {
+            scale: self.scale.max(1),
+            seconds: self.seconds.max(1),
+            warmup_seconds: self.warmup,
+            rounds: self.rounds.max(1),
+            clients: self.clients.max(1),
+            pgwarden_bin: self.pgwarden_bin,
+            pgwarden_workers: self.pgwarden_workers,
+            out_dir: self.out,
+        }
+    }
+}
+
 fn default_out_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
 }
@@ -94,8 +151,12 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    let settings = Cli::parse().settings();
-    match runner::run(&settings) {
+    let mut cli = Cli::parse();
+    let result = match cli.suite.take() {
+        None => runner::run(&cli.settings()),
+        Some(Suite::Tls(args)) => tls::run(&args.settings()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgwarden-bench: {e:#}");

@@ -102,7 +102,7 @@ impl Row {
     }
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     if v.is_empty() {
         return f64::NAN;
@@ -308,7 +308,7 @@ pub fn json(meta: &Meta, rows: &[Row]) -> String {
 }
 
 /// A JSON string literal.
-fn js(s: &str) -> String {
+pub(crate) fn js(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -329,7 +329,7 @@ fn js(s: &str) -> String {
 }
 
 /// A JSON number; `null` for NaN or infinity, which JSON cannot hold.
-fn num(x: f64) -> String {
+pub(crate) fn num(x: f64) -> String {
     if x.is_finite() {
         format!("{:.4}", x).trim_end_matches('0').trim_end_matches('.').to_string()
     } else {

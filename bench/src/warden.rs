@@ -55,13 +55,49 @@ pub struct Pgwarden {
     service: Service,
 }
 
+/// What the suites other than pass-through add to pgwarden's config, and the
+/// name of its files in the scratch directory.
+#[derive(Debug, Clone)]
+pub struct Extra {
+    /// `NAME.toml` and `NAME.log`.
+    pub name: &'static str,
+    /// Lines appended to `[listen]` (e.g. `tls_cert = "..."`).
+    pub listen: String,
+    /// Lines appended to `[upstream]` (e.g. `admin_user = "..."`).
+    pub upstream: String,
+    /// Whole sections appended at the end (e.g. `[audit]`).
+    pub sections: String,
+}
+
+impl Default for Extra {
+    fn default() -> Self {
+        Self {
+            name: "pgwarden",
+            listen: String::new(),
+            upstream: String::new(),
+            sections: String::new(),
+        }
+    }
+}
+
 impl Pgwarden {
     pub fn start(bin: &Path, dir: &ScratchDir, upstream_port: u16, workers: u16) -> Result<Self> {
+        Self::start_with(bin, dir, upstream_port, workers, &Extra::default())
+    }
+
+    /// [`Pgwarden::start`] with `extra` in its config.
+    pub fn start_with(
+        bin: &Path,
+        dir: &ScratchDir,
+        upstream_port: u16,
+        workers: u16,
+        extra: &Extra,
+    ) -> Result<Self> {
         let mut last = None;
         // The port may be taken between our probe and pgwarden's bind.
         for _ in 0..3 {
             let port = procs::free_port()?;
-            match Self::start_on(bin, dir, upstream_port, port, workers) {
+            match Self::start_on(bin, dir, upstream_port, port, workers, extra) {
                 Ok(w) => return Ok(w),
                 Err(e) => last = Some(e),
             }
@@ -75,13 +111,14 @@ impl Pgwarden {
         upstream_port: u16,
         port: u16,
         workers: u16,
+        extra: &Extra,
     ) -> Result<Self> {
-        let toml = config(port, upstream_port, workers);
+        let toml = config(port, upstream_port, workers, extra);
         // Catch a schema change here, with every problem listed, rather than
         // as a process that exits at once.
         pgwarden_config::load_str(&toml, std::iter::empty())
             .map_err(|e| anyhow::anyhow!("the generated pgwarden config is invalid: {e}"))?;
-        let file = dir.write("pgwarden.toml", &toml, None)?;
+        let file = dir.write(&format!("{}.toml", extra.name), &toml, None)?;
         let mut cmd = Command::new(bin);
         cmd.arg("run").arg("--config").arg(&file).env("PGWARDEN_LOG", "warn");
         // Overrides from the caller's environment would change what we measure.
@@ -90,7 +127,8 @@ impl Pgwarden {
                 cmd.env_remove(name);
             }
         }
-        let mut service = Service::spawn("pgwarden", cmd, dir.path().join("pgwarden.log"))?;
+        let log = dir.path().join(format!("{}.log", extra.name));
+        let mut service = Service::spawn("pgwarden", cmd, log)?;
         service.wait_ready(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(15))?;
         Ok(Self { port, service })
     }
@@ -98,20 +136,30 @@ impl Pgwarden {
     pub fn pid(&self) -> u32 {
         self.service.pid()
     }
+
+    /// SIGTERM and a clean exit within `grace` (the audit log's shutdown seal
+    /// is written then), else an error.
+    pub fn shut_down(self, grace: Duration) -> Result<()> {
+        self.service.shut_down(grace)
+    }
 }
 
-/// Pass-through: listen and upstream only, everything else at its default.
-fn config(port: u16, upstream_port: u16, workers: u16) -> String {
+/// Pass-through: listen and upstream only, everything else at its default;
+/// plus `extra`.
+fn config(port: u16, upstream_port: u16, workers: u16, extra: &Extra) -> String {
     format!(
         "\
 [listen]
 address = \"127.0.0.1:{port}\"
 worker_threads = {workers}
-
+{listen}
 [upstream]
 host = \"127.0.0.1\"
 port = {upstream_port}
 tls = \"disable\"
-"
+{upstream}{sections}",
+        listen = extra.listen,
+        upstream = extra.upstream,
+        sections = extra.sections,
     )
 }
