@@ -7,6 +7,7 @@
 //! ```text
 //! cargo run --release -p pgwarden-bench -- --seconds 10
 //! cargo run --release -p pgwarden-bench -- tls --rounds 3    # client TLS
+//! cargo run --release -p pgwarden-bench -- audit --rounds 3  # audit sinks
 //! ```
 //!
 //! # Layout
@@ -16,8 +17,9 @@
 //! - `warden`: building and running pgwarden.
 //! - `report`: terminal and markdown tables, JSON, SVG chart.
 //! - `procs`: guards for child processes and scratch files, signal handling.
-//! - `tls`: the `tls` suite (client TLS through both proxies).
+//! - `tls`, `audit`: the suites for client TLS and for the audit log.
 
+mod audit;
 mod bouncer;
 mod pgbench;
 mod procs;
@@ -80,6 +82,9 @@ enum Suite {
     /// pgbench -S -M prepared with client TLS (sslmode=require) through
     /// PgBouncer and pgwarden, steady and with -C (a connection per transaction).
     Tls(SuiteArgs),
+    /// pgbench -S -M prepared through pgwarden with the audit log off, to the
+    /// file sink and to the postgres sink; checks and verifies every log.
+    Audit(SuiteArgs),
 }
 
 #[derive(Args)]
@@ -155,6 +160,7 @@ fn main() -> ExitCode {
     let result = match cli.suite.take() {
         None => runner::run(&cli.settings()),
         Some(Suite::Tls(args)) => tls::run(&args.settings()),
+        Some(Suite::Audit(args)) => audit::run(&args.settings()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
