@@ -73,11 +73,23 @@ impl PgBouncer {
         owner: Option<Owner>,
         upstream: &Endpoint,
     ) -> Result<Self> {
+        Self::start_with(bin, dir, owner, upstream, "")
+    }
+
+    /// [`PgBouncer::start`] with `extra` lines (e.g. `client_tls_*`) appended
+    /// to the `[pgbouncer]` section.
+    pub fn start_with(
+        bin: &Path,
+        dir: &ScratchDir,
+        owner: Option<Owner>,
+        upstream: &Endpoint,
+        extra: &str,
+    ) -> Result<Self> {
         let mut last = None;
         // The port may be taken between our probe and PgBouncer's bind.
         for _ in 0..3 {
             let port = procs::free_port()?;
-            match Self::start_on(bin, dir, owner, upstream, port) {
+            match Self::start_on(bin, dir, owner, upstream, port, extra) {
                 Ok(b) => return Ok(b),
                 Err(e) => last = Some(e),
             }
@@ -91,10 +103,12 @@ impl PgBouncer {
         owner: Option<Owner>,
         upstream: &Endpoint,
         port: u16,
+        extra: &str,
     ) -> Result<Self> {
         let auth_file =
             dir.write("userlist.txt", &format!("\"{}\" \"\"\n", upstream.user), owner)?;
-        let ini = dir.write("pgbouncer.ini", &ini(upstream, port, &auth_file), owner)?;
+        let ini = ini(upstream, port, &auth_file) + extra;
+        let ini = dir.write("pgbouncer.ini", &ini, owner)?;
         let mut cmd = Command::new(bin);
         cmd.arg(&ini);
         if let Some((uid, gid)) = owner {

@@ -87,10 +87,41 @@ pub fn select_only(
     clients: u32,
     seconds: u32,
 ) -> Result<Sample> {
+    select_only_with(bin, at, mode, clients, seconds, &Options::default())
+}
+
+/// What the suites other than pass-through change in a pgbench run.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// libpq `sslmode` (`PGSSLMODE`); `disable` by default.
+    pub sslmode: &'static str,
+    /// `-C`: a new connection for every transaction.
+    pub reconnect: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { sslmode: "disable", reconnect: false }
+    }
+}
+
+/// [`select_only`] with `PGSSLMODE=<sslmode>` and, when `reconnect`, `-C`.
+pub fn select_only_with(
+    bin: &Path,
+    at: &Endpoint,
+    mode: Mode,
+    clients: u32,
+    seconds: u32,
+    options: &Options,
+) -> Result<Sample> {
     let threads = clients.clamp(1, 2);
+    let mut cmd = base(bin, at);
+    cmd.env("PGSSLMODE", options.sslmode);
+    if options.reconnect {
+        cmd.arg("-C");
+    }
     let stdout = procs::output(
-        base(bin, at)
-            .args(["-S", "-n", "-M", mode.as_str()])
+        cmd.args(["-S", "-n", "-M", mode.as_str()])
             .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
             .args(["-T", &seconds.to_string()])
             .arg(&at.database),
@@ -113,8 +144,11 @@ pub fn parse(out: &str) -> Result<Sample> {
     let mut failed = 0;
     for line in out.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("tps = ") {
+            // `including reconnection times`: pgbench 14+ with -C, where
+            // connecting is what is measured.
             if rest.contains("without initial connection time")
                 || rest.contains("excluding connections establishing")
+                || rest.contains("including reconnection times")
             {
                 tps = Some(first_number(rest).context("tps line")?);
             }
@@ -195,6 +229,17 @@ tps = 812.500000 (excluding connections establishing)
         assert_eq!(s.tps, 812.5);
         assert_eq!(s.latency_ms, 1.25);
         assert_eq!(s.transactions, 1000);
+    }
+
+    #[test]
+    fn reads_tps_of_a_reconnecting_run() {
+        let out = PGBENCH_15
+            .replace(
+                "initial connection time = 21.337 ms\n",
+                "average connection time = 1.234 ms\n",
+            )
+            .replace("(without initial connection time)", "(including reconnection times)");
+        assert_eq!(parse(&out).unwrap().tps, 27182.818284);
     }
 
     #[test]

@@ -145,23 +145,50 @@ impl Service {
 
     /// SIGTERM, then SIGKILL if it is still running after a few seconds.
     fn stop(&mut self) {
+        self.terminate(Duration::from_secs(5));
+    }
+
+    /// SIGTERM, then SIGKILL if it is still running after `grace`; whether it
+    /// exited by itself (`false`: it had to be killed).
+    fn terminate(&mut self, grace: Duration) -> bool {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
+            return true;
         }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        false
+    }
+
+    /// Stops the process now and waits up to `grace` for a clean exit (status
+    /// 0); an error, with the end of its log, otherwise.
+    pub fn shut_down(mut self, grace: Duration) -> Result<()> {
+        if !self.terminate(grace) {
+            bail!(
+                "{} did not exit within {grace:?} of SIGTERM and was killed; its log:\n{}",
+                self.name,
+                log_tail(&self.log, 30)
+            );
+        }
+        match self.child.try_wait()? {
+            Some(status) if status.success() => Ok(()),
+            status => bail!(
+                "{} exited with {status:?} after SIGTERM; its log:\n{}",
+                self.name,
+                log_tail(&self.log, 30)
+            ),
+        }
     }
 }
 

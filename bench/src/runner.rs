@@ -47,16 +47,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     let bouncer_bin = bouncer::ensure_installed()?;
     interrupt.check()?;
 
-    eprintln!("starting a throwaway Postgres");
-    let cluster = Cluster::start(None).context("starting a throwaway Postgres")?;
-    cluster
-        .psql("postgres", &format!("CREATE DATABASE {DATABASE}"))
-        .context("creating the benchmark database")?;
-    let pgbench_bin = pgbench::binary(cluster.bindir());
-    let direct =
-        Endpoint { port: cluster.port(), user: roles::TRUST.into(), database: DATABASE.into() };
-    eprintln!("pgbench -i -s {}", settings.scale);
-    pgbench::init(&pgbench_bin, &direct, settings.scale)?;
+    let (cluster, pgbench_bin, direct) = start_postgres(settings.scale)?;
     interrupt.check()?;
 
     let owner = if procs::running_as_root()? {
@@ -169,6 +160,22 @@ pub fn run(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// A throwaway Postgres with database `bench` filled by `pgbench -i -s
+/// scale`; the pgbench binary and the direct endpoint (role `pgw_trust`).
+pub fn start_postgres(scale: u32) -> Result<(Cluster, PathBuf, Endpoint)> {
+    eprintln!("starting a throwaway Postgres");
+    let cluster = Cluster::start(None).context("starting a throwaway Postgres")?;
+    cluster
+        .psql("postgres", &format!("CREATE DATABASE {DATABASE}"))
+        .context("creating the benchmark database")?;
+    let pgbench_bin = pgbench::binary(cluster.bindir());
+    let direct =
+        Endpoint { port: cluster.port(), user: roles::TRUST.into(), database: DATABASE.into() };
+    eprintln!("pgbench -i -s {scale}");
+    pgbench::init(&pgbench_bin, &direct, scale)?;
+    Ok((cluster, pgbench_bin, direct))
+}
+
 /// One pgbench run through one target.
 struct Run<'a> {
     pgbench: &'a Path,
@@ -242,7 +249,7 @@ pub(crate) fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {

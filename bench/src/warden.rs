@@ -56,19 +56,65 @@ pub struct Pgwarden {
     service: Service,
 }
 
+/// What the suites other than pass-through add to pgwarden's config, and the
+/// name of its files in the scratch directory.
+#[derive(Debug, Clone)]
+pub struct Extra {
+    /// `NAME.toml` and `NAME.log`.
+    pub name: &'static str,
+    /// Lines appended to `[listen]` (e.g. `tls_cert = "..."`).
+    pub listen: String,
+    /// Lines appended to `[upstream]` (e.g. `admin_user = "..."`).
+    pub upstream: String,
+    /// Whole sections appended at the end (e.g. `[audit]`).
+    pub sections: String,
+}
+
+impl Default for Extra {
+    fn default() -> Self {
+        Self {
+            name: "pgwarden",
+            listen: String::new(),
+            upstream: String::new(),
+            sections: String::new(),
+        }
+    }
+}
+
 impl Pgwarden {
     /// pgwarden in pass-through mode.
     pub fn start(bin: &Path, dir: &ScratchDir, upstream_port: u16, workers: u16) -> Result<Self> {
-        Self::start_with(bin, dir, |port| config(port, upstream_port, workers))
+        Self::start_extra(bin, dir, upstream_port, workers, &Extra::default())
+    }
+
+    /// [`Pgwarden::start`] with `extra` in its config.
+    pub fn start_extra(
+        bin: &Path,
+        dir: &ScratchDir,
+        upstream_port: u16,
+        workers: u16,
+        extra: &Extra,
+    ) -> Result<Self> {
+        Self::start_named(bin, dir, extra.name, |port| config(port, upstream_port, workers, extra))
     }
 
     /// pgwarden with the config `toml(listen port)` returns.
     pub fn start_with(bin: &Path, dir: &ScratchDir, toml: impl Fn(u16) -> String) -> Result<Self> {
+        Self::start_named(bin, dir, "pgwarden", toml)
+    }
+
+    /// Writes `NAME.toml`, logs to `NAME.log`.
+    fn start_named(
+        bin: &Path,
+        dir: &ScratchDir,
+        name: &str,
+        toml: impl Fn(u16) -> String,
+    ) -> Result<Self> {
         let mut last = None;
         // The port may be taken between our probe and pgwarden's bind.
         for _ in 0..3 {
             let port = procs::free_port()?;
-            match Self::start_on(bin, dir, port, &toml(port)) {
+            match Self::start_on(bin, dir, name, port, &toml(port)) {
                 Ok(w) => return Ok(w),
                 Err(e) => last = Some(e),
             }
@@ -76,11 +122,11 @@ impl Pgwarden {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("pgwarden did not start")))
     }
 
-    fn start_on(bin: &Path, dir: &ScratchDir, port: u16, toml: &str) -> Result<Self> {
+    fn start_on(bin: &Path, dir: &ScratchDir, name: &str, port: u16, toml: &str) -> Result<Self> {
         // Catch a schema change here, with every problem listed, rather than
         // as a process that exits at once.
         check_config(toml)?;
-        let file = dir.write("pgwarden.toml", toml, None)?;
+        let file = dir.write(&format!("{name}.toml"), toml, None)?;
         let mut cmd = Command::new(bin);
         cmd.arg("run").arg("--config").arg(&file).env("PGWARDEN_LOG", "warn");
         // Overrides from the caller's environment would change what we measure.
@@ -89,13 +135,20 @@ impl Pgwarden {
                 cmd.env_remove(name);
             }
         }
-        let mut service = Service::spawn("pgwarden", cmd, dir.path().join("pgwarden.log"))?;
+        let log = dir.path().join(format!("{name}.log"));
+        let mut service = Service::spawn("pgwarden", cmd, log)?;
         service.wait_ready(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(15))?;
         Ok(Self { port, service })
     }
 
     pub fn pid(&self) -> u32 {
         self.service.pid()
+    }
+
+    /// SIGTERM and a clean exit within `grace` (the audit log's shutdown seal
+    /// is written then), else an error.
+    pub fn shut_down(self, grace: Duration) -> Result<()> {
+        self.service.shut_down(grace)
     }
 }
 
@@ -110,18 +163,22 @@ pub fn check_config(toml: &str) -> Result<pgwarden_config::Config> {
     Ok(config)
 }
 
-/// Pass-through: listen and upstream only, everything else at its default.
-fn config(port: u16, upstream_port: u16, workers: u16) -> String {
+/// Pass-through: listen and upstream only, everything else at its default;
+/// plus `extra`.
+fn config(port: u16, upstream_port: u16, workers: u16, extra: &Extra) -> String {
     format!(
         "\
 [listen]
 address = \"127.0.0.1:{port}\"
 worker_threads = {workers}
-
+{listen}
 [upstream]
 host = \"127.0.0.1\"
 port = {upstream_port}
 tls = \"disable\"
-"
+{upstream}{sections}",
+        listen = extra.listen,
+        upstream = extra.upstream,
+        sections = extra.sections,
     )
 }
