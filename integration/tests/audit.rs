@@ -262,7 +262,11 @@ async fn the_postgres_sink_going_down_and_coming_back_loses_nothing() {
     for i in 0..50 {
         client.simple_query(&format!("SELECT {i}")).await.unwrap();
     }
+    // While the sink fails, the proxy is not ready (records wait in the queue).
+    let failing = "not ready: the audit postgres sink is failing; records wait in its queue";
+    assert_eq!(readyz_until(&env, 503).await, failing);
     direct.batch_execute("ALTER ROLE auditor LOGIN").await.unwrap();
+    assert_eq!(readyz_until(&env, 200).await, "ready");
     drop(client);
     env.shutdown().await.unwrap();
 
@@ -287,4 +291,18 @@ async fn the_postgres_sink_going_down_and_coming_back_loses_nothing() {
         .await
         .unwrap();
     assert!(partitions.get::<_, i64>(0) >= 4, "default + this month + 2 ahead");
+}
+
+/// `/readyz` polled until it answers `status` (a hang guard of 30 s), and
+/// its body.
+async fn readyz_until(env: &TestEnv, status: u16) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (got, body) = env.admin_get("/readyz").await;
+        if got == status || std::time::Instant::now() > deadline {
+            assert_eq!(got, status, "{body}");
+            return body.trim().to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -1,6 +1,7 @@
 //! The admin HTTP server on `metrics.address`: `GET /metrics` (Prometheus text
 //! format), `GET /healthz` (the process serves), `GET /readyz` (Postgres is
-//! reachable and the proxy is not shutting down).
+//! reachable, keys and audit sinks are usable, the proxy is not shutting
+//! down).
 //!
 //! Small on purpose: HTTP/1.1 only, a handful of connections at once, a header
 //! timeout, nothing read from request bodies. It is for Prometheus and the
@@ -144,13 +145,19 @@ impl Admin {
         }
     }
 
-    /// Ready: not shutting down, every registered column has an ACTIVE data
-    /// key to write with (a key reload can take it away), and Postgres accepts
+    /// Ready: not shutting down, no audit sink failing, every registered
+    /// column has an ACTIVE data key to write with (a key reload can take it
+    /// away), and Postgres accepts
     /// a TCP connection (checked at most once per [`READY_CACHE`]; concurrent
     /// probes share one check). The reason names no address.
     async fn readiness(&self) -> Result<(), String> {
         if self.shutting_down.is_cancelled() {
             return Err("not ready: pgwarden is shutting down".into());
+        }
+        if let Some(sink) = self.shared.audit.as_ref().and_then(|a| a.failing_sink()) {
+            return Err(format!(
+                "not ready: the audit {sink} sink is failing; records wait in its queue"
+            ));
         }
         if let Some(enc) = &self.shared.encryption {
             let keyring = enc.keyring.load();

@@ -55,6 +55,8 @@ pub struct Auditor {
     /// Unix second of the last "records dropped" warning, to log once a second.
     warned_at: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Each sink's "writes are failing" flag, by name, for `/readyz`.
+    health: Vec<(&'static str, Arc<std::sync::atomic::AtomicBool>)>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -90,8 +92,13 @@ impl Auditor {
                 start = tail;
             }
         }
+        let mut health = Vec::new();
+        if let Some(f) = &file {
+            health.push(("file", f.health.clone()));
+        }
         let postgres = if audit.sinks.contains(&AuditSink::Postgres) {
             let sink = postgres::PgSink::connect(config, metrics.audit_events(2)).await?;
+            health.push(("postgres", sink.health.clone()));
             if file.is_none() {
                 if let Some(tail) = sink.tail().await? {
                     start = tail;
@@ -125,7 +132,14 @@ impl Auditor {
             dropped: metrics.audit_dropped(),
             warned_at: AtomicU64::new(0),
             writer: Mutex::new(Some(thread)),
+            health,
         })))
+    }
+
+    /// The first sink whose writes are failing now (its records wait in
+    /// the queue), if any.
+    pub fn failing_sink(&self) -> Option<&'static str> {
+        self.health.iter().find(|(_, f)| f.load(Ordering::Relaxed)).map(|(name, _)| *name)
     }
 
     /// Whether statements with this fingerprint are not audited.

@@ -9,6 +9,8 @@
 //! checked from the table: `psql -Atc "SELECT line FROM pgwarden.audit_log
 //! ORDER BY seq" > log.jsonl && pgwarden audit verify --open log.jsonl`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgwarden_config::Config;
@@ -55,6 +57,8 @@ pub struct PgSink {
     events: IntCounter,
     partitioned_at: Option<Instant>,
     failing: bool,
+    /// Set while writes fail, for `/readyz`.
+    pub health: Arc<AtomicBool>,
 }
 
 impl PgSink {
@@ -67,6 +71,7 @@ impl PgSink {
             events,
             partitioned_at: None,
             failing: false,
+            health: Arc::default(),
         };
         sink.ensure().await.map_err(|e| format!("audit postgres sink: {e}"))?;
         Ok(sink)
@@ -137,6 +142,7 @@ impl PgSink {
                                  it recovers"
                             );
                             self.failing = true;
+                            self.health.store(true, Ordering::Relaxed);
                         }
                         self.client = None;
                         tokio::time::sleep(backoff).await;
@@ -145,6 +151,7 @@ impl PgSink {
                 }
             }
             if std::mem::take(&mut self.failing) {
+                self.health.store(false, Ordering::Relaxed);
                 tracing::info!("audit postgres sink recovered");
             }
             self.events.inc_by(batch.count);

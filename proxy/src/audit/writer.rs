@@ -18,6 +18,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
@@ -58,6 +60,8 @@ pub struct FileSink {
     first_seq: Option<u64>,
     /// The error of the current outage, logged once.
     failing: bool,
+    /// Set while writes fail, for `/readyz`.
+    pub health: Arc<AtomicBool>,
 }
 
 impl FileSink {
@@ -71,6 +75,7 @@ impl FileSink {
             dirty_since: None,
             first_seq: None,
             failing: false,
+            health: Arc::default(),
         }
     }
 
@@ -101,6 +106,7 @@ impl FileSink {
                     if self.failing {
                         tracing::info!(file = %self.path.display(), "audit file sink recovered");
                         self.failing = false;
+                        self.health.store(false, Ordering::Relaxed);
                     }
                     self.first_seq.get_or_insert(first_seq);
                     return;
@@ -113,6 +119,7 @@ impl FileSink {
                              when it recovers"
                         );
                         self.failing = true;
+                        self.health.store(true, Ordering::Relaxed);
                     }
                     if let Some(f) = &self.file {
                         let _ = f.set_len(self.size);
