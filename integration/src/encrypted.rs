@@ -15,6 +15,13 @@ use crate::{base_config_toml, connect, roles, start_cluster, url, Cluster, PASSW
 /// admin password live in the returned directory. No keys exist yet: see
 /// [`init`].
 pub async fn prepare(schema: &str, registry: &str) -> (Cluster, Config, tempfile::TempDir) {
+    let (pg, toml, dir) = prepare_toml(schema, registry).await;
+    (pg, load(&toml), dir)
+}
+
+/// [`prepare`], with the configuration as the TOML text of a file (its
+/// `listen.address` is `127.0.0.1:0`), for running the `pgwarden` binary.
+pub async fn prepare_toml(schema: &str, registry: &str) -> (Cluster, String, tempfile::TempDir) {
     let pg = tokio::task::spawn_blocking(start_cluster).await.unwrap();
     pg.psql("postgres", schema).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -35,7 +42,7 @@ pub async fn prepare(schema: &str, registry: &str) -> (Cluster, Config, tempfile
         ),
         key.display(),
     );
-    (pg, load(&toml), dir)
+    (pg, toml, dir)
 }
 
 /// `pgwarden keys init`: the key registry, the data keys, the column guards.

@@ -306,3 +306,101 @@ async fn readyz_until(env: &TestEnv, status: u16) -> String {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Known plaintexts of the encrypted column, written and searched for.
+const SECRETS: [&str; 4] = ["123-45-6789", "987-65-4321", "555-12-3456", "000-11-2222"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_every_finished_statement_and_no_plaintext_reaches_log_file_or_table() {
+    let (pg, toml, keys) = encrypted::prepare_toml(SCHEMA, REGISTRY).await;
+    pg.psql("postgres", &ROLES.replace("{pw}", PASSWORD)).unwrap();
+    encrypted::init(&pg, &encrypted::load(&toml)).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("audit.key"), KEY).unwrap();
+    let port = pgwarden::cluster::free_port().unwrap();
+    let toml = format!(
+        "{}\n[audit]\nsinks = [\"file\", \"postgres\"]\nfile = \"{}\"\nkey = \"file:{}\"\n\
+         statement_literals = \"all\"\n",
+        toml.replace(
+            "127.0.0.1:0\"\nshutdown_grace",
+            &format!("127.0.0.1:{port}\"\nshutdown_grace")
+        ),
+        dir.path().join("audit.jsonl").display(),
+        dir.path().join("audit.key").display(),
+    );
+    // The proxy's own log at its most verbose, as JSON.
+    let mut proxy = tokio::task::spawn_blocking(move || {
+        pgwarden_integration::ProxyProcess::start_logging(
+            &toml,
+            port,
+            &["--log-format", "json"],
+            "trace",
+        )
+    })
+    .await
+    .unwrap();
+
+    let app = connect(&url(port, "app", "postgres")).await;
+    app.simple_query(&format!(
+        "INSERT INTO customers (id, name, ssn) VALUES (1, 'a', '{}'), (2, 'b', '{}')",
+        SECRETS[0], SECRETS[1]
+    ))
+    .await
+    .unwrap();
+    app.execute(
+        "INSERT INTO customers (id, name, ssn) VALUES ($1, 'c', $2)",
+        &[&3i32, &SECRETS[2]],
+    )
+    .await
+    .unwrap();
+    let mut statements = 2;
+    for s in SECRETS {
+        let rows = app.query("SELECT ssn FROM customers WHERE ssn = $1", &[&s]).await.unwrap();
+        assert_eq!(rows.len(), usize::from(s != SECRETS[3]));
+        statements += 1;
+    }
+    let ssns = app.simple_query("SELECT ssn FROM customers ORDER BY id").await.unwrap();
+    statements += 1;
+    assert_eq!(
+        ssns.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count(),
+        3
+    );
+    let nosy = connect(&url(port, "nosy", "postgres")).await;
+    let probe = format!("SELECT id FROM customers WHERE ssn = '{}'", SECRETS[3]);
+    let refused = nosy.simple_query(&probe).await.unwrap_err();
+    assert_eq!(refused.code().unwrap().code(), "42501");
+    statements += 1;
+    drop((app, nosy));
+
+    // SIGTERM: the proxy exits cleanly after writing every record.
+    proxy.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = proxy.wait_exit(std::time::Duration::from_secs(60));
+        (s, proxy.log())
+    })
+    .await
+    .unwrap();
+    let (status, log) = status;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+    let (files, recs, all) = records(dir.path());
+    let done = recs.iter().filter(|r| r["event"] == "statement").count();
+    assert_eq!(done, statements, "{all}");
+    assert!(verify(&files).status.success(), "the sealed log verifies");
+    let direct = connect(&url(pg.port(), pgwarden_integration::roles::SCRAM, "postgres")).await;
+    let table: Vec<String> = direct
+        .query("SELECT line FROM pgwarden.audit_log ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    assert_eq!(table.len(), recs.len(), "the table holds every record");
+    assert!(log.contains("\"level\":\"TRACE\"") || log.contains("\"level\":\"DEBUG\""), "{log}");
+    for secret in SECRETS {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(secret)).take(3).collect();
+        assert!(lines.is_empty(), "{secret} is in the proxy's log:\n{}", lines.join("\n"));
+        assert!(!all.contains(secret), "{secret} is in the audit file");
+        assert!(!table.iter().any(|l| l.contains(secret)), "{secret} is in the audit table");
+    }
+    drop(keys);
+}

@@ -116,9 +116,20 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Libraries that log statement text or parameter values at debug level
+/// (the SQL parser its input, tokio-postgres the parameters of the proxy's
+/// own queries): held at these levels whatever `PGWARDEN_LOG` says, so that
+/// no plaintext of an encrypted column can reach the log.
+const QUIET_TARGETS: &[&str] = &["sqlparser=warn", "tokio_postgres=warn"];
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for directive in QUIET_TARGETS {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
