@@ -404,3 +404,41 @@ async fn sigterm_writes_every_finished_statement_and_no_plaintext_reaches_log_fi
     }
     drop(keys);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_are_audited_and_excluded_fingerprints_are_silenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = TestEnv::start_with(|c| audit_to(c, dir.path())).await;
+    let client = env.proxy_client().await;
+    client.simple_query("SELECT 42").await.unwrap();
+    env.handle.flush_audit().await;
+    let (_, recs, _) = records(dir.path());
+    let probe = recs.iter().find(|r| r["statement"] == "SELECT $1").expect("the probe's record");
+    let fingerprint = probe["fingerprint"].as_str().unwrap().to_string();
+
+    // A health check's fingerprint is silenced from the next statement on.
+    let mut config = (*env.handle.config()).clone();
+    config.audit.exclude_fingerprints = vec![fingerprint.clone()];
+    env.handle.reload(config.clone()).unwrap();
+    client.simple_query("SELECT 43").await.unwrap();
+    client.simple_query("SELECT rolname FROM pg_roles WHERE false").await.unwrap();
+    // An invalid file is refused, and that is recorded too.
+    let mut bad = config.clone();
+    bad.listen.max_message_bytes = 1;
+    assert!(env.handle.reload(bad).is_err());
+    drop(client);
+    env.shutdown().await.unwrap();
+
+    let (files, recs, _) = records(dir.path());
+    let same: Vec<&Value> = recs.iter().filter(|r| r["fingerprint"] == fingerprint).collect();
+    assert_eq!(same.len(), 1, "only the statement before the reload: {same:?}");
+    let other = |r: &&Value| r["statement"].as_str().is_some_and(|s| s.contains("pg_roles"));
+    assert_eq!(recs.iter().filter(other).count(), 1, "other statements are still recorded");
+    let reloads: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["event"] == "config_reload")
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(reloads, ["ok", "error"]);
+    assert!(verify(&files).status.success());
+}

@@ -96,6 +96,10 @@ impl ProxyHandle {
     pub fn reload(&self, mut new: Config) -> Result<Vec<&'static str>, Vec<String>> {
         let problems = new.validate();
         if !problems.is_empty() {
+            if let Some(audit) = &self.shared.audit {
+                let r = crate::audit::Record::new(crate::audit::Event::ConfigReload, None, "error");
+                audit.record_detached(r.reason("invalid_config"));
+            }
             return Err(problems);
         }
         let old = self.shared.config.load_full();
@@ -151,6 +155,14 @@ impl ProxyHandle {
 }
 
 impl ProxyHandle {
+    /// Waits until the audit records queued so far are written; nothing to
+    /// do with the audit log off.
+    pub async fn flush_audit(&self) {
+        if let Some(audit) = &self.shared.audit {
+            audit.flush().await;
+        }
+    }
+
     /// Reads the data keys again from the database (new versions, status
     /// changes), for sessions and statements from now on. Nothing to do
     /// without registered columns.
