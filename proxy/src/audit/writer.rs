@@ -31,6 +31,11 @@ use super::record::{Event, Record};
 /// Records taken off the queue per batch, at most.
 const BATCH: usize = 512;
 
+/// How long the writer waits after draining the queue before it takes the
+/// next records: bounds how late a record is written (and how much of a
+/// `block` queue a burst fills) against wake-ups per record.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// What the queue carries.
 pub enum Entry {
     Record(Box<Record>),
@@ -250,6 +255,12 @@ impl Writer {
                     }
                 }
                 self.write(segments, None).await;
+                if got < BATCH {
+                    // The queue is drained: let records gather for a moment
+                    // rather than be woken for each one (a futex wake per
+                    // statement on the sessions' threads otherwise).
+                    tokio::time::sleep(LINGER).await;
+                }
             }
         });
     }
