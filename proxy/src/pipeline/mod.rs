@@ -227,8 +227,10 @@ impl Queue {
         self.abort.store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// A plain load first: this runs for every message of the pipeline.
     fn take_abort(&self) -> bool {
-        self.abort.swap(false, std::sync::atomic::Ordering::AcqRel)
+        use std::sync::atomic::Ordering;
+        self.abort.load(Ordering::Acquire) && self.abort.swap(false, Ordering::AcqRel)
     }
 
     fn take_replacement(&self) -> Option<(&'static str, String)> {
