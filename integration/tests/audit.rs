@@ -442,3 +442,55 @@ async fn reloads_are_audited_and_excluded_fingerprints_are_silenced() {
     assert_eq!(reloads, ["ok", "error"]);
     assert!(verify(&files).status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_on_overflow_drop_a_stuck_sink_costs_records_not_clients_and_the_loss_is_counted() {
+    let pg = tokio::task::spawn_blocking(pgwarden_integration::start_cluster).await.unwrap();
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE auditor LOGIN PASSWORD '{PASSWORD}'; \
+             GRANT CREATE ON DATABASE postgres TO auditor;"
+        ),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let mut config =
+        pgwarden_config::load_str(&pgwarden_integration::base_config_toml(&pg), std::iter::empty())
+            .unwrap();
+    config.upstream.admin_user = "auditor".into();
+    config.upstream.admin_password = Some(Secret::File(pw.display().to_string()));
+    audit_to(&mut config, dir.path());
+    config.audit.sinks = vec![AuditSink::Postgres];
+    config.audit.on_overflow = pgwarden_config::Overflow::Drop;
+    config.audit.queue_capacity = 1;
+    let env = TestEnv::start_on(pg, config).await;
+    let direct = env.direct_client().await;
+    let client = env.proxy_client().await;
+    direct
+        .batch_execute(
+            "ALTER ROLE auditor NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = 'auditor'",
+        )
+        .await
+        .unwrap();
+    // The sink is stuck; clients go on (a generous hang guard, not a timing).
+    let statements = async {
+        for i in 0..2000 {
+            client.simple_query(&format!("SELECT {i}")).await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), statements)
+        .await
+        .expect("clients waited on a stuck sink with on_overflow = drop");
+    let (_, metrics) = env.admin_get("/metrics").await;
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pgwarden_audit_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pgwarden_audit_dropped_total in\n{metrics}"));
+    assert!(dropped > 0.0, "nothing counted as dropped:\n{metrics}");
+    direct.batch_execute("ALTER ROLE auditor LOGIN").await.unwrap();
+}
