@@ -386,20 +386,12 @@ fn json(
     loadavg_end: &str,
     warden_bin: &Path,
 ) -> String {
-    let mut out = String::from("{\n  \"benchmark\": \"audit\",\n");
-    let _ = writeln!(
-        out,
-        "  \"description\": \"pgbench -S -M prepared through pgwarden with the audit log off, to the file sink and to the postgres sink (same Postgres); a fresh pgwarden and log per run, statement records counted and the log verified after each; median over rounds\","
-    );
-    let _ = writeln!(out, "  \"started_utc\": {},", report::js(started));
-    let _ = writeln!(out, "  \"finished_utc\": {},", report::js(&report::utc_now().0));
-    let _ = writeln!(
-        out,
-        "  \"machine\": {{\"cpus\": {}, \"cpu_model\": {}, \"loadavg_start\": {}, \"loadavg_end\": {}}},",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        report::js(&runner::cpu_model()),
-        report::js(loadavg_start),
-        report::js(loadavg_end)
+    let mut out = report::json_header(
+        "audit",
+        "pgbench -S -M prepared through pgwarden with the audit log off, to the file sink and to the postgres sink (same Postgres); a fresh pgwarden and log per run, statement records counted and the log verified after each; median over rounds",
+        started,
+        loadavg_start,
+        loadavg_end,
     );
     let _ = writeln!(out, "  \"pgwarden\": {},", report::js(&warden::version(warden_bin)));
     let _ = writeln!(

@@ -483,6 +483,31 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The opening of a suite's JSON result: its name and description, when it
+/// ran and on what (the caller adds its own fields and closes the object).
+pub(crate) fn json_header(
+    benchmark: &str,
+    description: &str,
+    started: &str,
+    loadavg_start: &str,
+    loadavg_end: &str,
+) -> String {
+    use std::fmt::Write;
+    let mut out = format!("{{\n  \"benchmark\": {},\n", js(benchmark));
+    let _ = writeln!(out, "  \"description\": {},", js(description));
+    let _ = writeln!(out, "  \"started_utc\": {},", js(started));
+    let _ = writeln!(out, "  \"finished_utc\": {},", js(&utc_now().0));
+    let _ = writeln!(
+        out,
+        "  \"machine\": {{\"cpus\": {}, \"cpu_model\": {}, \"loadavg_start\": {}, \"loadavg_end\": {}}},",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        js(&crate::runner::cpu_model()),
+        js(loadavg_start),
+        js(loadavg_end)
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

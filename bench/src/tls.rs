@@ -308,20 +308,12 @@ fn json(
     loadavg_end: &str,
     versions: &[(&str, String)],
 ) -> String {
-    let mut out = String::from("{\n  \"benchmark\": \"tls\",\n");
-    let _ = writeln!(
-        out,
-        "  \"description\": \"pgbench -S -M prepared with sslmode=require through PgBouncer (client_tls_sslmode=require) and pgwarden (listen.tls_cert/tls_key), same certificate, plaintext to Postgres; steady TPS without connection time and -C (a connection per transaction); median over rounds\","
-    );
-    let _ = writeln!(out, "  \"started_utc\": {},", report::js(started));
-    let _ = writeln!(out, "  \"finished_utc\": {},", report::js(&report::utc_now().0));
-    let _ = writeln!(
-        out,
-        "  \"machine\": {{\"cpus\": {}, \"cpu_model\": {}, \"loadavg_start\": {}, \"loadavg_end\": {}}},",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        report::js(&runner::cpu_model()),
-        report::js(loadavg_start),
-        report::js(loadavg_end)
+    let mut out = report::json_header(
+        "tls",
+        "pgbench -S -M prepared with sslmode=require through PgBouncer (client_tls_sslmode=require) and pgwarden (listen.tls_cert/tls_key), same certificate, plaintext to Postgres; steady TPS without connection time and -C (a connection per transaction); median over rounds",
+        started,
+        loadavg_start,
+        loadavg_end,
     );
     let v: Vec<String> =
         versions.iter().map(|(k, v)| format!("{}: {}", report::js(k), report::js(v))).collect();

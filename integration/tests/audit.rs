@@ -229,21 +229,8 @@ async fn plaintext_of_encrypted_columns_never_reaches_the_audit_log_even_with_al
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_sink_going_down_and_coming_back_loses_nothing() {
-    let pg = tokio::task::spawn_blocking(pgwarden_integration::start_cluster).await.unwrap();
-    pg.psql(
-        "postgres",
-        &format!("CREATE ROLE auditor LOGIN PASSWORD '{PASSWORD}'; GRANT CREATE ON DATABASE postgres TO auditor;"),
-    )
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, PASSWORD).unwrap();
-    let mut config =
-        pgwarden_config::load_str(&pgwarden_integration::base_config_toml(&pg), std::iter::empty())
-            .unwrap();
-    config.upstream.admin_user = "auditor".into();
-    config.upstream.admin_password = Some(Secret::File(pw.display().to_string()));
-    audit_to(&mut config, dir.path());
+    let (pg, mut config) = with_auditor(dir.path()).await;
     config.audit.sinks = vec![AuditSink::File, AuditSink::Postgres];
     let mut env = TestEnv::start_on(pg, config).await;
     let direct = env.direct_client().await;
@@ -445,24 +432,8 @@ async fn reloads_are_audited_and_excluded_fingerprints_are_silenced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_on_overflow_drop_a_stuck_sink_costs_records_not_clients_and_the_loss_is_counted() {
-    let pg = tokio::task::spawn_blocking(pgwarden_integration::start_cluster).await.unwrap();
-    pg.psql(
-        "postgres",
-        &format!(
-            "CREATE ROLE auditor LOGIN PASSWORD '{PASSWORD}'; \
-             GRANT CREATE ON DATABASE postgres TO auditor;"
-        ),
-    )
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, PASSWORD).unwrap();
-    let mut config =
-        pgwarden_config::load_str(&pgwarden_integration::base_config_toml(&pg), std::iter::empty())
-            .unwrap();
-    config.upstream.admin_user = "auditor".into();
-    config.upstream.admin_password = Some(Secret::File(pw.display().to_string()));
-    audit_to(&mut config, dir.path());
+    let (pg, mut config) = with_auditor(dir.path()).await;
     config.audit.sinks = vec![AuditSink::Postgres];
     config.audit.on_overflow = pgwarden_config::Overflow::Drop;
     config.audit.queue_capacity = 1;
@@ -493,4 +464,24 @@ async fn with_on_overflow_drop_a_stuck_sink_costs_records_not_clients_and_the_lo
         .unwrap_or_else(|| panic!("no pgwarden_audit_dropped_total in\n{metrics}"));
     assert!(dropped > 0.0, "nothing counted as dropped:\n{metrics}");
     direct.batch_execute("ALTER ROLE auditor LOGIN").await.unwrap();
+}
+
+/// A cluster with a login `auditor` that may create the audit schema, and a
+/// pass-through config whose own connection (the postgres sink's) is
+/// `auditor`, auditing to a file in `dir`.
+async fn with_auditor(dir: &Path) -> (pgwarden_integration::Cluster, Config) {
+    let pg = tokio::task::spawn_blocking(pgwarden_integration::start_cluster).await.unwrap();
+    let role = format!(
+        "CREATE ROLE auditor LOGIN PASSWORD '{PASSWORD}'; GRANT CREATE ON DATABASE postgres TO auditor;"
+    );
+    pg.psql("postgres", &role).unwrap();
+    let pw = dir.join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let mut config =
+        pgwarden_config::load_str(&pgwarden_integration::base_config_toml(&pg), std::iter::empty())
+            .unwrap();
+    config.upstream.admin_user = "auditor".into();
+    config.upstream.admin_password = Some(Secret::File(pw.display().to_string()));
+    audit_to(&mut config, dir);
+    (pg, config)
 }
