@@ -394,16 +394,7 @@ fn json(
         loadavg_end,
     );
     let _ = writeln!(out, "  \"pgwarden\": {},", report::js(&warden::version(warden_bin)));
-    let _ = writeln!(
-        out,
-        "  \"settings\": {{\"scale\": {}, \"seconds\": {}, \"warmup_seconds\": {}, \"rounds\": {}, \"clients\": {}, \"pgwarden_worker_threads\": {}}},",
-        settings.scale,
-        settings.seconds,
-        settings.warmup_seconds,
-        settings.rounds,
-        settings.clients,
-        settings.pgwarden_workers
-    );
+    let _ = writeln!(out, "  \"settings\": {},", settings.json());
     out.push_str("  \"results\": [\n");
     for (i, sink) in SINKS.into_iter().enumerate() {
         let r = &results[sink as usize];

@@ -40,6 +40,22 @@ pub struct Settings {
     pub out_dir: PathBuf,
 }
 
+impl Settings {
+    /// The measured settings, as the JSON results record them.
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"scale\": {}, \"seconds\": {}, \"warmup_seconds\": {}, \"rounds\": {}, \
+             \"clients\": {}, \"pgwarden_worker_threads\": {}}}",
+            self.scale,
+            self.seconds,
+            self.warmup_seconds,
+            self.rounds,
+            self.clients,
+            self.pgwarden_workers
+        )
+    }
+}
+
 /// The two loads.
 const WORKLOADS: [(&str, bool); 2] = [("steady", false), ("reconnect -C", true)];
 
@@ -318,16 +334,7 @@ fn json(
     let v: Vec<String> =
         versions.iter().map(|(k, v)| format!("{}: {}", report::js(k), report::js(v))).collect();
     let _ = writeln!(out, "  \"versions\": {{{}}},", v.join(", "));
-    let _ = writeln!(
-        out,
-        "  \"settings\": {{\"scale\": {}, \"seconds\": {}, \"warmup_seconds\": {}, \"rounds\": {}, \"clients\": {}, \"pgwarden_worker_threads\": {}}},",
-        settings.scale,
-        settings.seconds,
-        settings.warmup_seconds,
-        settings.rounds,
-        settings.clients,
-        settings.pgwarden_workers
-    );
+    let _ = writeln!(out, "  \"settings\": {},", settings.json());
     out.push_str("  \"results\": [\n");
     for (i, (r, (label, reconnect))) in rows.iter().zip(WORKLOADS).enumerate() {
         let _ = write!(
