@@ -179,19 +179,26 @@ impl Auditor {
         }
     }
 
-    /// Queues `r` from code that cannot wait (a reload): if the queue is
-    /// full, a task waits for room in its place (or it is dropped, with
-    /// `"drop"`).
+    /// Queues `r` from code that cannot wait (a reload), in order with the
+    /// records queued before it: if the queue is full, a task waits for room
+    /// in its place with `on_overflow = "block"`; it is dropped with `"drop"`.
     pub fn record_detached(self: &Arc<Self>, r: Record) {
-        let me = self.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move { me.record(r).await });
+        match self.tx.try_send(Entry::Record(Box::new(r))) {
+            Ok(()) => self.depth.inc(),
+            Err(mpsc::error::TrySendError::Full(entry)) if self.overflow == Overflow::Block => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return self.drop_one();
+                };
+                let me = self.clone();
+                rt.spawn(async move {
+                    if me.tx.send(entry).await.is_ok() {
+                        me.depth.inc();
+                    } else {
+                        me.drop_one();
+                    }
+                });
             }
-            Err(_) => match self.tx.try_send(Entry::Record(Box::new(r))) {
-                Ok(()) => self.depth.inc(),
-                Err(_) => self.drop_one(),
-            },
+            Err(_) => self.drop_one(),
         }
     }
 
