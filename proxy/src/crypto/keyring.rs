@@ -105,7 +105,9 @@ pub struct KeyInfo {
 /// Immutable: a key reload builds a new keyring and swaps it in.
 #[derive(Default)]
 pub struct Keyring {
-    ciphers: HashMap<u32, Arc<ColumnCipher>>,
+    /// Every loaded cipher, sorted by key id: found by binary search on every
+    /// value read, which is cheaper than hashing the id.
+    ciphers: Vec<Arc<ColumnCipher>>,
     /// Revoked ids, kept so that their values fail with a message naming the key.
     revoked: HashMap<u32, (String, u32)>,
     /// Newest ACTIVE version per name: what writes use.
@@ -131,7 +133,9 @@ impl Keyring {
         // Newest first, so that `readable` and `active` fall out in order.
         rows.sort_by(|a, b| a.name.cmp(&b.name).then(b.version.cmp(&a.version)));
         for row in rows {
-            if ring.ciphers.contains_key(&row.id) || ring.revoked.contains_key(&row.id) {
+            if ring.ciphers.iter().any(|c| c.key_id() == row.id)
+                || ring.revoked.contains_key(&row.id)
+            {
                 return Err(KeyError::DuplicateId { id: row.id });
             }
             if !versions.insert((row.name.clone(), row.version)) {
@@ -159,20 +163,21 @@ impl Keyring {
             }
             info.fingerprint = Some(fingerprint);
             let cipher = Arc::new(ColumnCipher::new(info.id, &key));
-            ring.ciphers.insert(info.id, Arc::clone(&cipher));
+            ring.ciphers.push(Arc::clone(&cipher));
             ring.readable.entry(info.name.clone()).or_default().push(Arc::clone(&cipher));
             if info.status == KeyStatus::Active && !ring.active.contains_key(&info.name) {
                 ring.active.insert(info.name.clone(), cipher);
             }
             ring.keys.push(info);
         }
+        ring.ciphers.sort_by_key(|c| c.key_id());
         Ok(ring)
     }
 
     /// The cipher for the key id found in an envelope.
     pub fn cipher(&self, id: u32) -> Result<&Arc<ColumnCipher>, CryptoError> {
-        if let Some(cipher) = self.ciphers.get(&id) {
-            return Ok(cipher);
+        if let Ok(at) = self.ciphers.binary_search_by_key(&id, |c| c.key_id()) {
+            return Ok(&self.ciphers[at]);
         }
         Err(match self.revoked.get(&id) {
             Some((name, version)) => {

@@ -101,6 +101,35 @@ fn the_documented_key_derivation_opens_envelopes_with_plain_aeads() {
     }
 }
 
+/// Data keys wrapped by another AES-256-GCM implementation (as keys written
+/// by pgwarden builds on RustCrypto were) unwrap, and the other way round.
+#[test]
+fn wrapped_data_keys_open_with_a_plain_aead_and_back() {
+    use aes_gcm::aead::AeadInOut;
+    let master = MasterKey::from_bytes([0x21; 32]);
+    let aead = aes_gcm::Aes256Gcm::new(&[0x21; 32].into());
+    let mut aad = b"pgwarden:key:v1:".to_vec();
+    aad.extend_from_slice(&3u32.to_be_bytes());
+    aad.extend_from_slice(b"pii");
+    aad.extend_from_slice(&2u32.to_be_bytes());
+
+    let wrapped = DataKey::from_bytes([0x34; 32]).wrap(&master, "pii", 2).unwrap();
+    let (nonce, rest) = wrapped.split_at(12);
+    let (sealed, tag) = rest.split_at(32);
+    let mut key = sealed.to_vec();
+    let (n, t) = (<[u8; 12]>::try_from(nonce).unwrap(), <[u8; 16]>::try_from(tag).unwrap());
+    aead.decrypt_inout_detached(&n.into(), &aad, key.as_mut_slice().into(), &t.into()).unwrap();
+    assert_eq!(key, [0x34; 32]);
+
+    let mut theirs = [0x56u8; 32];
+    let tag = aead.encrypt_inout_detached(&[7; 12].into(), &aad, (&mut theirs[..]).into()).unwrap();
+    let mut wrapped = vec![7; 12];
+    wrapped.extend_from_slice(&theirs);
+    wrapped.extend_from_slice(&tag);
+    let opened = DataKey::unwrap(&master, "pii", 2, &wrapped).unwrap();
+    assert_eq!(opened.fingerprint(), DataKey::from_bytes([0x56; 32]).fingerprint());
+}
+
 #[test]
 fn column_aad_names_schema_table_and_column() {
     assert_eq!(ssn_aad(), b"pgwarden:v1:public.customers.ssn");

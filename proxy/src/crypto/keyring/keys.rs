@@ -9,8 +9,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::Read;
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::Aes256Gcm;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, AES_256_GCM};
 use base64::Engine;
 use pgwarden_config::{Secret, SecretString};
 use rand::RngCore;
@@ -89,8 +88,8 @@ impl MasterKey {
         fingerprint(b"pgwarden master key fingerprint v1", &self.0)
     }
 
-    fn aead(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&(*self.0).into())
+    fn aead(&self) -> LessSafeKey {
+        crate::crypto::cipher::aead_key(&AES_256_GCM, &self.0)
     }
 }
 
@@ -126,13 +125,13 @@ impl DataKey {
         out.extend_from_slice(&self.0[..]);
         let tag = master
             .aead()
-            .encrypt_inout_detached(
-                &nonce.into(),
-                &wrap_aad(name, version),
-                (&mut out[NONCE_LEN..]).into(),
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(wrap_aad(name, version)),
+                &mut out[NONCE_LEN..],
             )
             .map_err(|_| KeyError::Wrap { name: name.to_string(), version })?;
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
@@ -152,14 +151,14 @@ impl DataKey {
             return Err(failed());
         }
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        key.copy_from_slice(sealed);
         master
             .aead()
-            .decrypt_inout_detached(
-                &(*nonce).into(),
-                &wrap_aad(name, version),
-                (&mut key[..]).into(),
-                &(*tag).into(),
+            .open_separate_gather(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(wrap_aad(name, version)),
+                sealed,
+                tag,
+                &mut key[..],
             )
             .map_err(|_| failed())?;
         Ok(Self(key))
