@@ -139,9 +139,9 @@ pub struct Upstream {
     pub host: String,
     /// Port of Postgres. Default 5432. Needs a restart.
     pub port: u16,
-    /// TLS toward Postgres, as libpq's `sslmode`: `disable` (the default),
-    /// `prefer` (TLS if the server offers it, plaintext only when it answers
-    /// that it has no TLS), `require` (TLS, certificate not checked),
+    /// TLS toward Postgres, as libpq's `sslmode`: `disable`, `prefer` (the
+    /// default, as libpq's: TLS if the server offers it, plaintext only when it
+    /// answers that it has no TLS), `require` (TLS, certificate not checked),
     /// `verify-ca` (certificate chain checked against `ca`), `verify-full`
     /// (also the server name against `host`). Used by sessions and by the
     /// proxy's own connection. Needs a restart.
@@ -166,7 +166,7 @@ impl Default for Upstream {
         Self {
             host: "127.0.0.1".into(),
             port: 5432,
-            tls: UpstreamTls::Disable,
+            tls: UpstreamTls::Prefer,
             ca: String::new(),
             connect_timeout: DurationValue::from_secs(10),
             admin_user: String::new(),

@@ -133,3 +133,69 @@ async fn prefer_falls_back_to_plaintext_when_the_server_has_no_tls_and_require_r
     let c = connect(&url(pg.port(), roles::SCRAM, "postgres")).await;
     c.simple_query("SELECT 1").await.unwrap();
 }
+
+/// A TCP relay to `to` that records the first 8 bytes of every connection
+/// made through it: an SSLRequest, a StartupMessage or a CancelRequest.
+struct Tap {
+    addr: SocketAddr,
+    openings: Arc<std::sync::Mutex<Vec<[u8; 8]>>>,
+}
+
+async fn tap(to: SocketAddr) -> Tap {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let openings = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = openings.clone();
+    tokio::spawn(async move {
+        while let Ok((mut from, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 8];
+                if from.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                seen.lock().unwrap().push(head);
+                let mut server = tokio::net::TcpStream::connect(to).await.unwrap();
+                server.write_all(&head).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut from, &mut server).await;
+            });
+        }
+    });
+    Tap { addr, openings }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_for_a_tls_session_reaches_postgres_over_tls_too() {
+    // SSLRequest: length 8, code 80877103.
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let ca = TestCa::new("upstream CA");
+    let pg = tls_cluster(&ca, &["localhost", "127.0.0.1"]).await;
+    let tap = tap(SocketAddr::from(([127, 0, 0, 1], pg.port()))).await;
+    let mut c = config(&pg, UpstreamTls::Require, None);
+    c.upstream.port = tap.addr.port();
+    let front = front(c).await;
+
+    let client = connect(&url(front.addr.port(), roles::SCRAM, "postgres")).await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    let direct = connect(&url(pg.port(), roles::SCRAM, "postgres")).await;
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'";
+    for _ in 0..400 {
+        if direct.query_one(running, &[]).await.unwrap().get::<_, i64>(0) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let before = tap.openings.lock().unwrap().len();
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let wait = std::time::Duration::from_secs(20);
+    let e = tokio::time::timeout(wait, sleeper).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+
+    let openings = tap.openings.lock().unwrap().clone();
+    assert!(openings.len() > before, "the cancel never reached Postgres");
+    for head in &openings {
+        assert_eq!(head, &SSL_REQUEST, "a connection to Postgres began in plaintext");
+    }
+}

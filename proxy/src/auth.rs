@@ -36,6 +36,7 @@ pub async fn relay<CR, CW, UR, UW>(
     s: Sides<'_, CR, CW, UR, UW>,
     cancels: &CancelMap,
     upstream_addr: SocketAddr,
+    upstream_tls: Option<&crate::upstream::tls::UpstreamTlsSetup>,
 ) -> Result<Registration, End>
 where
     CR: AsyncRead + Unpin,
@@ -80,7 +81,12 @@ where
                     return Err(End::Upstream(ClientError::upstream_protocol_violation()));
                 }
                 let pid = body.get_i32();
-                let key = UpstreamKey { addr: upstream_addr, pid, secret: body.to_vec() };
+                let key = UpstreamKey {
+                    addr: upstream_addr,
+                    pid,
+                    secret: body.to_vec(),
+                    tls: upstream_tls.cloned(),
+                };
                 let (our_pid, our_secret, reg) = cancels.register(key);
                 out.extend_from_slice(&protocol::backend_key_data(our_pid, our_secret));
                 registration = Some(reg);

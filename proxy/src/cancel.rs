@@ -16,6 +16,10 @@ pub struct UpstreamKey {
     pub pid: i32,
     /// Postgres' secret: 4 bytes in protocol 3.0, longer in 3.2.
     pub secret: Vec<u8>,
+    /// How the session reached Postgres over TLS; `None` when in plaintext.
+    /// Its cancel goes the same way, so the secret never crosses the network
+    /// in the clear when the session did not.
+    pub tls: Option<crate::upstream::tls::UpstreamTlsSetup>,
 }
 
 struct Entry {
@@ -89,7 +93,8 @@ mod tests {
     use super::*;
 
     fn key() -> UpstreamKey {
-        UpstreamKey { addr: "127.0.0.1:5432".parse().unwrap(), pid: 77, secret: vec![1, 2, 3, 4] }
+        let addr = "127.0.0.1:5432".parse().unwrap();
+        UpstreamKey { addr, pid: 77, secret: vec![1, 2, 3, 4], tls: None }
     }
 
     #[test]

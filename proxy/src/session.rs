@@ -279,6 +279,7 @@ where
         metrics.upstream_connected(connecting.elapsed().as_secs_f64());
         let addr =
             conn.peer_addr().map_err(|_| End::Upstream(ClientError::upstream_unreachable()))?;
+        let upstream_tls = if conn.is_tls() { shared.upstream.tls.as_ref() } else { None };
         let (mut urd, mut uwr) = conn.into_split();
         uwr.write_all(&startup.raw).await.map_err(|_| End::UpstreamGone)?;
         let sides = auth::Sides {
@@ -289,7 +290,7 @@ where
             upstream_wr: &mut uwr,
             upstream: &mut upstream,
         };
-        let registration = match auth::relay(sides, &shared.cancels, addr).await {
+        let registration = match auth::relay(sides, &shared.cancels, addr, upstream_tls).await {
             Ok(r) => {
                 shared.lockouts.succeeded(role, peer.ip());
                 r

@@ -215,19 +215,34 @@ async fn negotiate(
 }
 
 /// Sends a CancelRequest for `key` on a connection of its own, as Postgres
-/// requires, and waits for Postgres to close it.
+/// requires, and waits for Postgres to close it. A key of a session that
+/// reached Postgres over TLS is sent over TLS (SSLRequest first, as libpq 17
+/// does); if Postgres then declines TLS, nothing is sent.
 pub async fn send_cancel(key: &UpstreamKey, timeout: Duration) -> std::io::Result<()> {
     let work = async {
-        let mut s = TcpStream::connect(key.addr).await?;
-        s.write_all(&protocol::cancel_request(key.pid, &key.secret)).await?;
-        s.shutdown().await?;
-        // Postgres answers nothing and closes; wait for that so the cancel has
-        // been read before we return.
-        let mut sink = [0u8; 16];
-        let _ = tokio::io::AsyncReadExt::read(&mut s, &mut sink).await;
-        Ok(())
+        let tcp = TcpStream::connect(key.addr).await?;
+        let request = protocol::cancel_request(key.pid, &key.secret);
+        match &key.tls {
+            None => deliver(tcp, &request).await,
+            Some(setup) => match negotiate(tcp, setup).await.map_err(io::Error::other)? {
+                UpstreamStream::Tls(tls) => deliver(*tls, &request).await,
+                UpstreamStream::Plain(_) => Err(io::Error::other(
+                    "Postgres declined TLS for a cancel request of a TLS session; not sent",
+                )),
+            },
+        }
     };
     tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
         Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel timed out"))
     })
+}
+
+/// Writes `request` and waits for Postgres to close the connection (it
+/// answers a CancelRequest with nothing), so that it has been read.
+async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &[u8]) -> io::Result<()> {
+    s.write_all(request).await?;
+    s.flush().await?;
+    let mut sink = [0u8; 16];
+    let _ = s.read(&mut sink).await;
+    Ok(())
 }
