@@ -72,7 +72,7 @@ pub fn acceptor(listen: &Listen) -> Result<Option<TlsAcceptor>, String> {
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS configuration: {e}"))?;

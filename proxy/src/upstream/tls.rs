@@ -47,7 +47,7 @@ pub fn setup(upstream: &Upstream) -> Result<Option<UpstreamTlsSetup>, String> {
     if upstream.tls == UpstreamTls::Disable {
         return Ok(None);
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = || -> Result<Arc<WebPkiServerVerifier>, String> {
         let roots = crate::tls::read_roots(&upstream.ca, "upstream.ca")?;
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
