@@ -7,7 +7,11 @@
 //!
 //! - steady: `pgbench -S -M prepared -c 16`, TPS without connection time;
 //! - reconnect: the same with `-C`, a new connection (TCP, TLS handshake,
-//!   startup) for every transaction, so TPS is the connection setup rate.
+//!   startup) for every transaction, so TPS is the connection setup rate;
+//! - reconnect, no server reuse: `-C` again, against a second PgBouncer with
+//!   `server_lifetime = 0`, which closes each server connection after its
+//!   client instead of handing it to the next one: like pgwarden, it then opens
+//!   a Postgres connection (a backend) per client connection.
 //!
 //! Everything it started is stopped and removed at exit, on error and on
 //! Ctrl-C, by the same guards as the pass-through run.
@@ -56,8 +60,13 @@ impl Settings {
     }
 }
 
-/// The two loads.
-const WORKLOADS: [(&str, bool); 2] = [("steady", false), ("reconnect -C", true)];
+/// The loads: label, `-C`, and whether PgBouncer may hand a server
+/// connection to the next client (its default, session pooling).
+const WORKLOADS: [(&str, bool, bool); 3] = [
+    ("steady", false, true),
+    ("reconnect -C", true, true),
+    ("reconnect -C, no server reuse", true, false),
+];
 
 /// The two targets, in the order of the first round.
 const TARGETS: [Target; 2] = [Target::PgBouncer, Target::Pgwarden];
@@ -81,16 +90,20 @@ pub fn run(settings: &Settings) -> Result<()> {
     };
     let scratch = ScratchDir::create(owner)?;
     let (cert, key) = write_certificate(&scratch, owner)?;
-    let pgbouncer = PgBouncer::start_with(
+    let bouncer_tls = format!(
+        "client_tls_sslmode = require\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
+        cert.display(),
+        key.display()
+    );
+    let pgbouncer = PgBouncer::start_with(&bouncer_bin, &scratch, owner, &direct, &bouncer_tls)?;
+    // Its own directory: ini and log files of its own.
+    let unpooled_dir = ScratchDir::create(owner)?;
+    let unpooled = PgBouncer::start_with(
         &bouncer_bin,
-        &scratch,
+        &unpooled_dir,
         owner,
         &direct,
-        &format!(
-            "client_tls_sslmode = require\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
-            cert.display(),
-            key.display()
-        ),
+        &format!("{bouncer_tls}server_lifetime = 0\n"),
     )?;
     let extra = Extra {
         listen: format!(
@@ -108,10 +121,12 @@ pub fn run(settings: &Settings) -> Result<()> {
         &extra,
     )?;
     eprintln!(
-        "postgres on 127.0.0.1:{} (plaintext), pgbouncer on :{} (pid {}), pgwarden on :{} (pid {}), both with client TLS",
+        "postgres on 127.0.0.1:{} (plaintext), pgbouncer on :{} (pid {}) and with server_lifetime = 0 on :{} (pid {}), pgwarden on :{} (pid {}), all with client TLS",
         direct.port,
         pgbouncer.port,
         pgbouncer.pid(),
+        unpooled.port,
+        unpooled.pid(),
         pgwarden.port,
         pgwarden.pid()
     );
@@ -124,12 +139,13 @@ pub fn run(settings: &Settings) -> Result<()> {
     let mut done = 0;
     for round in 0..settings.rounds as usize {
         for (i, row) in rows.iter_mut().enumerate() {
-            let (label, reconnect) = WORKLOADS[i];
+            let (label, reconnect, reuse) = WORKLOADS[i];
+            let bouncer = if reuse { &pgbouncer } else { &unpooled };
             for k in 0..TARGETS.len() {
                 // The first target alternates between loads and rounds.
                 let target = TARGETS[(i + round + k) % TARGETS.len()];
                 let (port, pid) = match target {
-                    Target::PgBouncer => (pgbouncer.port, pgbouncer.pid()),
+                    Target::PgBouncer => (bouncer.port, bouncer.pid()),
                     _ => (pgwarden.port, pgwarden.pid()),
                 };
                 let load = Load {
@@ -145,7 +161,7 @@ pub fn run(settings: &Settings) -> Result<()> {
                 let m = load.measure(settings.seconds, settings.warmup_seconds, &interrupt)?.0;
                 done += 1;
                 eprintln!(
-                    "[{done:>2}/{total}] {label:<12} c={} {:<9} {:>9.0} tps  {:.3} ms",
+                    "[{done:>2}/{total}] {label:<29} c={} {:<9} {:>9.0} tps  {:.3} ms",
                     settings.clients,
                     target.name(),
                     m.sample.tps,
@@ -281,7 +297,7 @@ fn markdown_table(rows: &[Row]) -> String {
          | PgBouncer CPU µs/txn | pgwarden CPU µs/txn |\n\
          |---|---:|---:|---:|---:|---:|---:|\n",
     );
-    for (r, (label, _)) in rows.iter().zip(WORKLOADS) {
+    for (r, (label, _, _)) in rows.iter().zip(WORKLOADS) {
         let _ = writeln!(
             out,
             "| {label} | {} | {:.0} ({:.3}) | {:.0} ({:.3}) | {:.3} | {} | {} |",
@@ -302,7 +318,7 @@ fn verdict(rows: &[Row]) -> String {
     let below: Vec<String> = rows
         .iter()
         .zip(WORKLOADS)
-        .map(|(r, (label, _))| (label, r.ratio(Target::Pgwarden, Target::PgBouncer)))
+        .map(|(r, (label, _, _))| (label, r.ratio(Target::Pgwarden, Target::PgBouncer)))
         .filter(|(_, ratio)| ratio.is_nan() || *ratio < 1.0)
         .map(|(label, ratio)| format!("{label} ({ratio:.3})"))
         .collect();
@@ -326,7 +342,7 @@ fn json(
 ) -> String {
     let mut out = report::json_header(
         "tls",
-        "pgbench -S -M prepared with sslmode=require through PgBouncer (client_tls_sslmode=require) and pgwarden (listen.tls_cert/tls_key), same certificate, plaintext to Postgres; steady TPS without connection time and -C (a connection per transaction); median over rounds",
+        "pgbench -S -M prepared with sslmode=require through PgBouncer (client_tls_sslmode=require) and pgwarden (listen.tls_cert/tls_key), same certificate, plaintext to Postgres; steady TPS without connection time, -C (a connection per transaction), and -C against a second PgBouncer with server_lifetime = 0 (no server connection reused); median over rounds",
         started,
         loadavg_start,
         loadavg_end,
@@ -336,10 +352,10 @@ fn json(
     let _ = writeln!(out, "  \"versions\": {{{}}},", v.join(", "));
     let _ = writeln!(out, "  \"settings\": {},", settings.json());
     out.push_str("  \"results\": [\n");
-    for (i, (r, (label, reconnect))) in rows.iter().zip(WORKLOADS).enumerate() {
+    for (i, (r, (label, reconnect, reuse))) in rows.iter().zip(WORKLOADS).enumerate() {
         let _ = write!(
             out,
-            "    {{\"load\": {}, \"reconnect\": {reconnect}, \"pgbouncer_tps\": {}, \"pgwarden_tps\": {}, \"pgwarden_over_pgbouncer\": {}, \"pgbouncer_cpu_us_per_txn\": {}, \"pgwarden_cpu_us_per_txn\": {}}}",
+            "    {{\"load\": {}, \"reconnect\": {reconnect}, \"pgbouncer_server_reuse\": {reuse}, \"pgbouncer_tps\": {}, \"pgwarden_tps\": {}, \"pgwarden_over_pgbouncer\": {}, \"pgbouncer_cpu_us_per_txn\": {}, \"pgwarden_cpu_us_per_txn\": {}}}",
             report::js(label),
             report::num(r.tps(Target::PgBouncer)),
             report::num(r.tps(Target::Pgwarden)),
