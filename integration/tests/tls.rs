@@ -238,7 +238,59 @@ async fn a_client_certificate_must_be_signed_by_client_ca_and_name_the_login_rol
     assert!(!ok, "{out}");
     assert!(out.contains("requires a client certificate"), "{out}");
     let metrics = String::from_utf8(env.handle.metrics().encode()).unwrap();
-    assert!(metrics.contains("pgwarden_denied_total{reason=\"certificate\"} 2\n"), "{metrics}");
+    // Wrong CN and plaintext after startup; another CA and no certificate in
+    // the handshake.
+    assert!(metrics.contains("pgwarden_denied_total{reason=\"certificate\"} 4\n"), "{metrics}");
+}
+
+/// Clients refused in the TLS handshake are denials like any other: counted
+/// and audited, with their address (their role is not known yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_refused_in_the_tls_handshake_are_counted_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let clients = TestCa::new("pgwarden client CA");
+    let client_ca = clients.write(dir.path(), "client-ca");
+    let key = dir.path().join("audit.key");
+    std::fs::write(&key, "an audit key for the handshake test").unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let (log_path, key_path) = (log.display().to_string(), key.display().to_string());
+    let mut env = env_with_tls(dir.path(), |c| {
+        c.listen.min_tls_version = "1.3".into();
+        c.listen.client_ca = client_ca.display().to_string();
+        c.audit.sinks = vec![pgwarden_config::AuditSink::File];
+        c.audit.file = log_path;
+        c.audit.key = Some(pgwarden_config::Secret::File(key_path));
+    })
+    .await;
+    let port = env.proxy_addr.port();
+    let cert = clients.client(roles::SCRAM).write(dir.path(), "right");
+    let with_cert =
+        format!("sslmode=require sslcert={} sslkey={}", cert.0.display(), cert.1.display());
+    let (ok, out) =
+        psql(port, &format!("{with_cert} ssl_max_protocol_version=TLSv1.2"), "SELECT 1").await;
+    assert!(!ok, "TLS 1.2 accepted: {out}");
+    let (ok, out) = psql(port, "sslmode=require", "SELECT 1").await;
+    assert!(!ok, "no certificate accepted: {out}");
+    let (ok, out) = psql(port, &with_cert, "SELECT 1").await;
+    assert!(ok, "{out}");
+    let metrics = String::from_utf8(env.handle.metrics().encode()).unwrap();
+    assert!(metrics.contains("pgwarden_denied_total{reason=\"tls\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("pgwarden_denied_total{reason=\"certificate\"} 1\n"), "{metrics}");
+    env.shutdown().await.unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let denied: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "denied")
+        .collect();
+    let reasons: Vec<&str> = denied.iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["tls", "certificate"], "{text}");
+    for r in &denied {
+        assert!(r["user"].is_null() && r["database"].is_null(), "{r}");
+        assert!(r["client_addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+        assert_eq!(r["outcome"], "denied");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

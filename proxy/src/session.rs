@@ -132,6 +132,9 @@ async fn serve_in_span(
                     }
                     Ok(Err(e)) => {
                         tracing::info!(error = %e, "TLS handshake failed");
+                        if let Some(why) = handshake_refusal(&e) {
+                            refused_handshake(&shared, id, peer, why).await;
+                        }
                         shared.metrics.connection_ended(ConnectionOutcome::ProtocolError);
                     }
                     Err(_) => shared.metrics.connection_ended(ConnectionOutcome::HandshakeTimeout),
@@ -152,6 +155,38 @@ async fn serve_in_span(
     }
     let (mut crd, mut cwr) = client.into_split();
     finish(&mut crd, &mut cwr, &shared, &shutdown, Start { peer, id, first, tls: None }).await;
+}
+
+/// The policy a failed TLS handshake enforced, if pgwarden refused the
+/// client (rather than the client giving up): a TLS version or cipher below
+/// `listen.min_tls_version`, or a client certificate `listen.client_ca` did
+/// not sign (or none).
+fn handshake_refusal(e: &std::io::Error) -> Option<Denial> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            Some(Denial::Certificate)
+        }
+        rustls::Error::PeerIncompatible(_) => Some(Denial::Tls),
+        _ => None,
+    }
+}
+
+/// Counts and audits a client refused during its TLS handshake. Its role is
+/// not known yet (the startup packet comes after the handshake): the record
+/// names the client's address only.
+async fn refused_handshake(shared: &Shared, id: String, peer: SocketAddr, why: Denial) {
+    shared.metrics.denied(why);
+    if let Some(a) = &shared.audit {
+        let who = Arc::new(SessionInfo {
+            id,
+            user: String::new(),
+            database: String::new(),
+            application: String::new(),
+            client_addr: peer.to_string(),
+            tls: false,
+        });
+        a.record(Record::new(Event::Denied, Some(who), "denied").reason(why.as_str())).await;
+    }
 }
 
 /// What a connection brings to its session.

@@ -144,8 +144,11 @@ impl Record {
         );
         let s = self.session.as_deref();
         field_str(out, "session", s.map(|s| s.id.as_str()));
-        field_str(out, "user", s.map(|s| s.user.as_str()));
-        field_str(out, "database", s.map(|s| s.database.as_str()));
+        // Empty before the startup packet (a client refused in its TLS
+        // handshake): unknown, so null.
+        let known = |v: &'_ str| !v.is_empty();
+        field_str(out, "user", s.map(|s| s.user.as_str()).filter(|v| known(v)));
+        field_str(out, "database", s.map(|s| s.database.as_str()).filter(|v| known(v)));
         field_str(out, "application", s.map(|s| s.application.as_str()));
         field_str(out, "client_addr", s.map(|s| s.client_addr.as_str()));
         match s {
