@@ -6,13 +6,15 @@
 #       -e PGWARDEN__UPSTREAM__HOST=db.internal pgwarden:0.1.0
 #
 # The configuration is a file: mount your own over /etc/pgwarden/pgwarden.toml
-# (and keys, once pgwarden has them, as files under /etc/pgwarden/keys/, read-only).
+# and the master and audit keys as files under /etc/pgwarden/keys/ (read-only, mode 0600).
 # Any key can also be overridden with PGWARDEN__SECTION__KEY=value.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+# aws-lc-sys (the proxy's AEADs and rustls provider) compiles AWS-LC with the
+# image's gcc; no cmake or Go is needed.
 WORKDIR /src
 COPY . .
 # The cache mounts keep the registry and build directory between builds; the
@@ -23,7 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release/pgwarden /usr/local/bin/pgwarden
 
 FROM debian:${DEBIAN_RELEASE}-slim
-# ca-certificates: for TLS toward Postgres (verify-ca / verify-full) once it lands.
+# ca-certificates: for TLS toward Postgres (verify-ca / verify-full).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

@@ -495,7 +495,8 @@ impl Backend {
                         } else {
                             out.put_i32(-1);
                         }
-                        self.plain.zeroize();
+                        // The plaintext behind the mask goes no further.
+                        wipe(&mut self.encoded);
                         continue;
                     }
                     out.put_i32(self.encoded.len() as i32);
@@ -535,17 +536,23 @@ impl Backend {
             self.enc.metrics.observe(started.elapsed().as_secs_f64());
         }
         self.tally.decrypted(c.id);
-        self.encoded.zeroize();
-        self.encoded.clear();
+        wipe(&mut self.encoded);
         let shown = match f.action {
             Action::Mask(_) => Format::Text,
             _ => f.format,
         };
-        codec::encode(c.logical_type, shown, &self.plain, &mut self.encoded)
-            .map_err(|e| format!("column {}: {e}", c.name))?;
-        self.plain.zeroize();
-        Ok(())
+        let encoded = codec::encode(c.logical_type, shown, &self.plain, &mut self.encoded);
+        wipe(&mut self.plain);
+        encoded.map_err(|e| format!("column {}: {e}", c.name))
     }
+}
+
+/// Zeroes what `buf` holds and empties it. Only the used part: every value is
+/// wiped after its use, so the spare capacity holds no plaintext (the whole
+/// capacity is zeroized when the session's `Backend` drops).
+fn wipe(buf: &mut Vec<u8>) {
+    buf.as_mut_slice().zeroize();
+    buf.clear();
 }
 
 fn format(code: i16) -> Format {
