@@ -14,9 +14,22 @@ pub fn apply(
     out: &mut Vec<u8>,
 ) -> bool {
     out.clear();
-    let s = String::from_utf8_lossy(text);
+    // Valid UTF-8 (every value of a text type) is borrowed as it is.
+    let s = match std::str::from_utf8(text) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(text),
+    };
+    // Characters are bytes in ASCII text, the common case: no walk needed.
+    let ascii = s.is_ascii();
+    let chars = || if ascii { s.len() } else { s.chars().count() };
     // Byte offset of the character `n` characters in (or the end).
-    let at = |n: usize| s.char_indices().nth(n).map_or(s.len(), |(i, _)| i);
+    let at = |n: usize| {
+        if ascii {
+            n.min(s.len())
+        } else {
+            s.char_indices().nth(n).map_or(s.len(), |(i, _)| i)
+        }
+    };
     match mask {
         Mask::Null => return false,
         Mask::Redact(t) => out.extend_from_slice(t.as_bytes()),
@@ -29,7 +42,7 @@ pub fn apply(
             }
         }
         Mask::Partial { prefix, pad, suffix } => {
-            let n = s.chars().count();
+            let n = chars();
             if n > prefix + suffix {
                 out.extend_from_slice(&s.as_bytes()[..at(*prefix)]);
                 out.extend_from_slice(pad.as_bytes());
@@ -39,7 +52,7 @@ pub fn apply(
             }
         }
         Mask::Last4 => {
-            let n = s.chars().count();
+            let n = chars();
             let hidden = if n <= 4 { n } else { n - 4 };
             out.resize(hidden, b'*');
             out.extend_from_slice(&s.as_bytes()[at(hidden)..]);
