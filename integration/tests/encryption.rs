@@ -761,3 +761,51 @@ async fn psycopg_cannot_tell_encrypted_columns_from_plain_ones() {
     let stored = rows(&direct_client, "SELECT ssn FROM customers WHERE name = 'Ann'").await;
     assert!(stored[0][0].as_deref().unwrap().starts_with("\\x5057"));
 }
+
+/// A registered table outside `public`, and a session whose search_path
+/// reaches it: a statement naming it without its schema is refused (pgwarden
+/// does not follow search_path), so no plaintext goes to Postgres; named with
+/// its schema, it is encrypted as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_registered_outside_public_is_only_reached_by_its_qualified_name() {
+    let schema = "CREATE SCHEMA billing; CREATE TABLE billing.cards (id int, pan bytea);
+        GRANT USAGE ON SCHEMA billing TO PUBLIC; GRANT ALL ON billing.cards TO PUBLIC;";
+    let registry = "[[columns]]\nname = \"billing.cards.pan\"\ntype = \"text\"\n\
+                    mode = \"deterministic\"\nkey = \"pci\"\n\n[access]\ndefault = \"full\"\n";
+    let (pg, config, _dir) = encrypted::prepare(schema, registry).await;
+    encrypted::init(&pg, &config).await;
+    let env = TestEnv::start_on(pg, config).await;
+    let proxy = env.proxy_client().await;
+    proxy.batch_execute("SET search_path = billing, public").await.unwrap();
+    for sql in [
+        "INSERT INTO cards (id, pan) VALUES (1, 'PW-looks-like-an-envelope')",
+        "SELECT id FROM cards WHERE pan = '4111111111111111'",
+    ] {
+        for extended in [false, true] {
+            let e = if extended {
+                proxy.query(sql, &[]).await.unwrap_err()
+            } else {
+                proxy.simple_query(sql).await.unwrap_err()
+            };
+            assert_eq!(sqlstate(&e), "0A000", "{sql}: {e}");
+            assert!(message(&e).contains("billing.cards"), "{}", message(&e));
+        }
+    }
+    proxy
+        .execute("INSERT INTO billing.cards (id, pan) VALUES (1, $1)", &[&"4111111111111111"])
+        .await
+        .unwrap();
+    let row = proxy
+        .query_one("SELECT pan FROM billing.cards WHERE pan = $1", &[&"4111111111111111"])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "4111111111111111");
+    let direct = env.direct_client().await;
+    let stored: Vec<u8> =
+        direct.query_one("SELECT pan FROM billing.cards", &[]).await.unwrap().get(0);
+    assert!(stored.starts_with(b"PW"), "not an envelope");
+    assert_eq!(
+        direct.query_one("SELECT count(*) FROM billing.cards", &[]).await.unwrap().get::<_, i64>(0),
+        1
+    );
+}

@@ -849,3 +849,50 @@ impl LineOffsets {
         }
     }
 }
+
+/// Refuses a statement naming, without its schema, a table whose name a
+/// registered table outside `public` also has. Unqualified names are analysed
+/// in `public`, but Postgres resolves them through the session's
+/// `search_path`, which pgwarden does not follow: the statement could be
+/// writing plaintext to, or comparing plaintext with, encrypted columns.
+pub(super) fn refuse_unqualified_shadowed(
+    stmt: &Statement,
+    registry: &Registry,
+) -> Result<(), Refusal> {
+    struct Names<'r> {
+        registry: &'r Registry,
+        found: Option<(String, &'r str)>,
+    }
+    impl Names<'_> {
+        fn check(&mut self, name: &ObjectName) -> ControlFlow<()> {
+            if let [table] = idents(name).as_slice() {
+                if let Some(qualified) = self.registry.elsewhere(table) {
+                    self.found = Some((table.clone(), qualified));
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    impl Visitor for Names<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+            self.check(relation)
+        }
+    }
+    let mut names = Names { registry, found: None };
+    if let Statement::Copy { source: CopySource::Table { table_name, .. }, .. } = stmt {
+        let _ = names.check(table_name);
+    }
+    if names.found.is_none() {
+        let _ = stmt.visit(&mut names);
+    }
+    match names.found {
+        None => Ok(()),
+        Some((table, qualified)) => Err(Refusal::Unanalysable(format!(
+            "table {table} is named without its schema, and {qualified} has encrypted \
+             columns; pgwarden does not follow search_path, so it cannot tell which table \
+             is meant: write {qualified} (or public.{table})"
+        ))),
+    }
+}

@@ -18,7 +18,9 @@
 //! - [`rewrite`]: literal sites to encrypted bytea literals in the query text.
 //!
 //! Unqualified table names are resolved in schema `public` (the default
-//! `search_path`); a session that changes `search_path` is not followed yet.
+//! `search_path`); a session's `search_path` is not followed. So that this
+//! never lets plaintext through, a statement naming a table without its
+//! schema is refused when a registered table outside `public` has that name.
 
 mod analyze;
 pub mod copy;
@@ -121,6 +123,7 @@ pub fn analyze(sql: &str, registry: &Registry) -> Result<Analysis, Refusal> {
     let offsets = LineOffsets::new(sql);
     let mut analysis = Analysis::default();
     for stmt in &statements {
+        analyze::refuse_unqualified_shadowed(stmt, registry)?;
         Walker::new(registry, sql, &offsets, stmt, &mut analysis).run(stmt, registry)?;
     }
     if analysis.copy.is_some() && statements.len() > 1 {

@@ -46,6 +46,8 @@ pub struct Registry {
     /// Finds statements that may name a registered table, case-insensitively,
     /// so that others skip the parser entirely.
     prefilter: Option<AhoCorasick>,
+    /// Table name → `schema.table` of a registered table outside `public`.
+    elsewhere: HashMap<String, String>,
 }
 
 impl Registry {
@@ -90,7 +92,18 @@ impl Registry {
         let prefilter = (!names.is_empty())
             .then(|| AhoCorasick::builder().ascii_case_insensitive(true).build(&names).ok())
             .flatten();
-        Self { tables, prefilter }
+        let mut elsewhere: HashMap<String, String> = HashMap::new();
+        for (schema, table) in tables.keys().filter(|(schema, _)| schema != "public") {
+            elsewhere.entry(table.clone()).or_insert_with(|| format!("{schema}.{table}"));
+        }
+        Self { tables, prefilter, elsewhere }
+    }
+
+    /// For a table named without its schema: a registered table of that name
+    /// in a schema other than `public`, which a session's `search_path` could
+    /// make the name mean.
+    pub fn elsewhere(&self, table: &str) -> Option<&str> {
+        self.elsewhere.get(table).map(String::as_str)
     }
 
     /// Whether `sql` may name a registered table. False means it cannot touch

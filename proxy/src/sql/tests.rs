@@ -286,3 +286,27 @@ fn unicode_escaped_identifiers_pass_in_reads_and_are_refused_in_writes() {
         assert!(refused(sql).contains("Unicode-escaped"), "{sql}");
     }
 }
+
+#[test]
+fn an_unqualified_name_of_a_table_registered_outside_public_is_refused() {
+    // search_path could make `cards` mean billing.cards: never analysed as
+    // something else.
+    for sql in [
+        "INSERT INTO cards (pan) VALUES ('4111111111111111')",
+        "SELECT * FROM cards WHERE pan = '4111111111111111'",
+        "UPDATE cards SET pan = 'x'",
+        "COPY cards (pan) FROM STDIN",
+        "SELECT c.ssn FROM customers c JOIN cards USING (ssn)",
+        "DELETE FROM customers WHERE ssn IN (SELECT pan FROM cards)",
+    ] {
+        let e = refused(sql);
+        assert!(e.contains("billing.cards") && e.contains("search_path"), "{sql}: {e}");
+        assert!(!e.contains("4111"), "{sql}: {e}");
+    }
+    // Qualified, either way, it is analysed as usual.
+    let a = ok("INSERT INTO billing.cards (pan) VALUES ('4111111111111111')");
+    assert_eq!(a.literals.len(), 1);
+    assert!(ok("SELECT * FROM public.cards WHERE pan = 'x'").literals.is_empty());
+    // A column or alias of that name is not a table.
+    assert!(ok("SELECT cards FROM customers").literals.is_empty());
+}
