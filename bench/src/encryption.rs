@@ -492,9 +492,9 @@ async fn select_simple(client: &Client, t: Table) -> Result<u64> {
     Ok(n)
 }
 
-/// By psql: pgwarden decrypts COPY TO STDOUT only in a simple query, and
-/// tokio-postgres sends COPY as a prepared statement. psql's start-up
-/// (a few ms) is paid by both tables alike.
+/// By psql, as a simple query (the one way pgwarden decrypted COPY TO
+/// STDOUT when this was written). psql's start-up (a few ms) is paid by both
+/// tables alike.
 fn copy_out(psql: &Path, port: u16, t: Table) -> Result<u64> {
     let out = procs::output(
         Command::new(psql)

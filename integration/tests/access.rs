@@ -493,6 +493,17 @@ async fn psql_shows_each_role_its_own_view_including_copy() {
     let (out, err) = psql("denied_r", "\\copy customers TO STDOUT");
     assert_eq!(out, "");
     assert!(err.contains("may not read encrypted column public.customers.ssn"), "{err}");
+
+    // COPY prepared through the extended protocol (tokio-postgres) masks too.
+    let masked = env.client("masked_r").await;
+    let stream = masked.copy_out("COPY (SELECT id, ssn FROM customers ORDER BY id) TO STDOUT");
+    let stream = stream.await.unwrap();
+    futures_util::pin_mut!(stream);
+    let mut text = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8(text).unwrap(), "1\t***-**-6789\n2\t***-**-4321\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

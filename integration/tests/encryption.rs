@@ -693,6 +693,54 @@ async fn copy_from_stdin_encrypts_and_copy_to_stdout_decrypts() {
     assert!(ok, "{out}");
     assert!(out.contains(",Ann,123-45-6789,4111\t1111\n"), "{out}");
     assert!(out.contains(",Ed,,\"\"\n"), "{out}");
+
+    // The same through the extended protocol (tokio-postgres prepares COPY),
+    // a table's columns and a query, while an unnamed statement of the
+    // client's stays prepared around it.
+    let copy_out = |sql: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let stream = proxy.copy_out(sql).await.unwrap();
+            futures_util::pin_mut!(stream);
+            let mut text = Vec::new();
+            while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+                text.extend_from_slice(&chunk.unwrap());
+            }
+            String::from_utf8(text).unwrap()
+        }
+    };
+    assert_eq!(
+        copy_out("COPY customers (name, ssn, card) TO STDOUT").await,
+        "Ann\t123-45-6789\t4111\\t1111\nBob\t987-65-4321\t\\N\nCy\t\\N\tx\\\\y\n\
+         Dee, Jr.\t555-55-5555\tsay \"hi\"\nEd\t\\N\t\n"
+    );
+    assert_eq!(
+        copy_out("COPY (SELECT c.name, c.ssn FROM customers c WHERE c.ssn = '987-65-4321') TO STDOUT WITH (FORMAT csv)")
+            .await,
+        "Bob,987-65-4321\n"
+    );
+    // A COPY whose source does not exist fails as Postgres would, and the
+    // session goes on.
+    let e = proxy.copy_out("COPY customers (name, nope) TO STDOUT").await.err().unwrap();
+    assert_eq!(sqlstate(&e), "42703", "{e}");
+    assert_eq!(rows(&proxy, "SELECT count(*) FROM customers").await, [[s("5")]]);
+
+    // Pipelined on the wire: the client's unnamed statement, prepared before
+    // its COPY, is still there after it.
+    let (mut w, _) = Wire::startup(env.proxy_addr, roles::TRUST, "postgres").await;
+    let mut batch = wire::parse("", "SELECT 7");
+    batch.extend(wire::parse("c", "COPY (SELECT ssn FROM customers WHERE name = 'Ann') TO STDOUT"));
+    batch.extend(wire::bind("", "c", &[]));
+    batch.extend(wire::execute("", 0));
+    batch.extend(wire::bind("", "", &[]));
+    batch.extend(wire::execute("", 0));
+    batch.extend(wire::sync());
+    w.send(&batch).await;
+    let msgs = w.until_ready(1).await;
+    let tags: String = msgs.iter().map(|m| char::from(m.tag)).collect();
+    assert_eq!(tags, "112HdcC2DCZ", "{msgs:?}");
+    assert_eq!(msgs[4].body, b"123-45-6789\n");
+    assert!(msgs[8].body.ends_with(b"7"), "{}", msgs[8]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

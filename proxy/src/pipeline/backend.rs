@@ -105,6 +105,10 @@ pub struct Backend {
     /// The encrypted fields of the next COPY TO STDOUT, from its source's
     /// Describe.
     copy_source: Option<(Arc<CopySpec>, Sources)>,
+    /// The same for prepared COPY TO STDOUT statements, by statement name,
+    /// and for the portals bound from them.
+    copy_statements: HashMap<Bytes, (Arc<CopySpec>, Sources)>,
+    copy_portals: HashMap<Bytes, (Arc<CopySpec>, Sources)>,
     /// The COPY TO STDOUT in progress, if its rows need decrypting.
     copy_out: Option<CopyOut>,
     empty: Plan,
@@ -133,6 +137,8 @@ impl Backend {
             poisoned: false,
             ddl: false,
             copy_source: None,
+            copy_statements: HashMap::new(),
+            copy_portals: HashMap::new(),
             copy_out: None,
             empty,
             envelope: Vec::new(),
@@ -170,16 +176,23 @@ impl Backend {
                     if injected {
                         forward = false;
                     } else {
+                        match self.copy_statements.get(&statement) {
+                            Some(copy) => self.copy_portals.insert(portal.clone(), copy.clone()),
+                            None => self.copy_portals.remove(&portal),
+                        };
                         let plan = self.plan(&statement, &formats);
                         self.portals.insert(portal, plan);
                     }
                 }
             }
-            b'3' => {
-                if let Some(Pending::Close { statement: Some(name) }) = q.pop_front() {
+            b'3' => match q.pop_front() {
+                Some(Pending::Close { statement: Some(name) }) => {
                     self.statements.remove(&name);
+                    self.copy_statements.remove(&name);
                 }
-            }
+                Some(Pending::CopyClose) => forward = false,
+                _ => {}
+            },
             b't' if matches!(q.front(), Some(Pending::CopyDescribe { .. })) => forward = false,
             b't' => {
                 if let Some(Pending::DescribeStatement { params, injected, .. }) = q.front() {
@@ -228,8 +241,14 @@ impl Backend {
                         self.statements.insert(name.clone(), sources.into());
                         q.pop_front();
                     }
-                    Some(Pending::CopyDescribe { spec }) => {
-                        self.copy_source = Some((spec.clone(), sources.into()));
+                    Some(Pending::CopyDescribe { spec, statement }) => {
+                        let source = (spec.clone(), sources.into());
+                        match statement {
+                            Some(name) => {
+                                self.copy_statements.insert(name.clone(), source);
+                            }
+                            None => self.copy_source = Some(source),
+                        }
                         q.pop_front();
                         return Ok(Answer::Relayed);
                     }
@@ -256,8 +275,13 @@ impl Backend {
                 return Ok(Answer::Relayed);
             }
             b'n' => match q.front() {
-                Some(Pending::CopyDescribe { .. }) => {
-                    self.copy_source = None;
+                Some(Pending::CopyDescribe { statement, .. }) => {
+                    match statement {
+                        Some(name) => {
+                            self.copy_statements.remove(name);
+                        }
+                        None => self.copy_source = None,
+                    }
                     forward = false;
                     q.pop_front();
                 }
@@ -286,7 +310,11 @@ impl Backend {
                 }
             }
             b'H' => {
-                if let Some((spec, sources)) = self.copy_source.take() {
+                let prepared = match q.front() {
+                    Some(Pending::Execute { portal }) => self.copy_portals.get(portal).cloned(),
+                    _ => None,
+                };
+                if let Some((spec, sources)) = self.copy_source.take().or(prepared) {
                     let fields: Vec<(usize, Arc<EncryptedColumn>, Action)> = sources
                         .iter()
                         .filter_map(|(i, c)| {
@@ -332,12 +360,25 @@ impl Backend {
                 Some(Pending::CopyParse | Pending::CopyDescribe { .. })
             ) =>
             {
-                // The Describe of a COPY's source failed; the COPY itself will
-                // fail the same way and the client hears it then.
-                forward = false;
                 self.copy_source = None;
-                while q.front().is_some_and(|p| !matches!(p, Pending::InjectedSync)) {
-                    q.pop_front();
+                let prepared = q
+                    .iter()
+                    .take(2)
+                    .any(|p| matches!(p, Pending::CopyDescribe { statement: Some(_), .. }));
+                if prepared {
+                    // Postgres now skips the client's messages up to its Sync,
+                    // the Parse of its COPY (which fails the same way) first:
+                    // the client hears this error in its place.
+                    while q.front().is_some_and(|p| !matches!(p, Pending::Sync | Pending::Simple)) {
+                        q.pop_front();
+                    }
+                } else {
+                    // The simple Query that follows fails the same way, and
+                    // the client hears it then.
+                    forward = false;
+                    while q.front().is_some_and(|p| !matches!(p, Pending::InjectedSync)) {
+                        q.pop_front();
+                    }
                 }
             }
             b'E' if matches!(q.front(), Some(Pending::InjectedAbort)) => forward = false,
@@ -382,6 +423,7 @@ impl Backend {
                 if body == b"I" {
                     // Outside a transaction no portal survives.
                     self.portals.clear();
+                    self.copy_portals.clear();
                     if std::mem::take(&mut self.ddl) {
                         out.put_slice(&msg.frame);
                         return Ok(Answer::RefreshCatalog);

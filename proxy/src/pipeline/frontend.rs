@@ -199,7 +199,7 @@ impl Frontend {
                             let source = source.clone();
                             messages::describe_unnamed(&source, out);
                             let ok = queue.push(Pending::CopyParse)
-                                && queue.push(Pending::CopyDescribe { spec })
+                                && queue.push(Pending::CopyDescribe { spec, statement: None })
                                 && queue.push(Pending::InjectedSync);
                             if !ok {
                                 return false;
@@ -252,18 +252,23 @@ impl Frontend {
         };
         let name = msg.frame.slice(5..5 + parse.name.len());
         let params = match self.prepare(parse.query) {
-            Ok(Prepared { copy: Some(spec), .. })
-                if matches!(spec.direction, CopyDirection::Out(_)) =>
-            {
-                let refused = Refused(
-                    "0A000",
-                    "send COPY ... TO STDOUT of encrypted columns as a simple query, not a \
-                     prepared statement"
-                        .into(),
-                );
-                return self.refuse(refused, queue, out);
-            }
             Ok(Prepared { sql, params: sites, copy, uses }) => {
+                if let Some(spec) = &copy {
+                    if let CopyDirection::Out(source) = &spec.direction {
+                        // What its rows hold is learnt first, from its source.
+                        messages::describe_and_close(source, out);
+                        let describe = Pending::CopyDescribe {
+                            spec: spec.clone(),
+                            statement: Some(name.clone()),
+                        };
+                        let ok = queue.push(Pending::CopyParse)
+                            && queue.push(describe)
+                            && queue.push(Pending::CopyClose);
+                        if !ok {
+                            return false;
+                        }
+                    }
+                }
                 match uses {
                     Some(uses) => self.uses.insert(name.clone(), uses),
                     None => self.uses.remove(&name),

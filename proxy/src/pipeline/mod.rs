@@ -173,8 +173,13 @@ pub enum Pending {
     /// The Parse of a COPY TO STDOUT's source, swallowed.
     CopyParse,
     /// The Describe of a COPY TO STDOUT's source: its RowDescription tells
-    /// which fields of the rows to decrypt; swallowed.
-    CopyDescribe { spec: Arc<CopySpec> },
+    /// which fields of the rows to decrypt; swallowed. `statement`: the
+    /// prepared COPY it is for (extended protocol), `None` for the simple
+    /// Query that follows.
+    CopyDescribe { spec: Arc<CopySpec>, statement: Option<Bytes> },
+    /// The Close of the statement an extended-protocol COPY's source was
+    /// described with: CloseComplete, swallowed.
+    CopyClose,
     /// The proxy's own Sync: its ReadyForQuery is swallowed.
     InjectedSync,
     /// The proxy's own failing Query, sent to abort a transaction in which

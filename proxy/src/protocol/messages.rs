@@ -318,6 +318,27 @@ pub fn describe_unnamed(sql: &str, out: &mut BytesMut) {
     out.put_slice(&[b'S', 0, 0, 0, 4]);
 }
 
+/// The name of the statement [`describe_and_close`] prepares: the client's own
+/// statements (unnamed included) are left alone.
+pub const PROBE_STATEMENT: &[u8] = b"pgwarden_copy_source";
+
+/// Parse of `sql` as [`PROBE_STATEMENT`], its Describe and its Close, with no
+/// Sync: how the result columns of a query are learnt in the middle of a
+/// client's extended-protocol messages without ending its implicit
+/// transaction or touching its statements.
+pub fn describe_and_close(sql: &str, out: &mut BytesMut) {
+    let at = begin(out, b'P');
+    put_cstr(out, PROBE_STATEMENT);
+    put_cstr(out, sql.as_bytes());
+    out.put_i16(0);
+    end(out, at);
+    describe_statement(PROBE_STATEMENT, out);
+    let at = begin(out, b'C');
+    out.put_u8(b'S');
+    put_cstr(out, PROBE_STATEMENT);
+    end(out, at);
+}
+
 /// Parse, Bind and Execute of the unnamed statement `sql` with no parameters,
 /// then Flush, so that its result (an error) is sent at once.
 pub fn run_unnamed(sql: &str, out: &mut BytesMut) {
