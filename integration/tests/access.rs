@@ -613,3 +613,75 @@ async fn readyz_is_503_while_a_registered_column_has_no_active_key() {
     env.env.handle.reload_keys().await.unwrap();
     assert_eq!(env.env.admin_get("/readyz").await.0, 200);
 }
+
+/// A `ciphertext` role (backups, ETL) writes back what it reads: envelopes
+/// go in as they are, through literals, parameters and COPY, once they open
+/// under their column's key and AAD; anything else is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ciphertext_role_writes_back_the_envelopes_it_reads() {
+    use futures_util::SinkExt;
+    let env = start().await;
+    let etl = env.client("etl_r").await;
+    let full = env.client("full_r").await;
+    let original = simple(&full, "SELECT ssn, card FROM customers WHERE id = 1").await.unwrap();
+
+    let read = etl.query_one("SELECT ssn, card FROM customers WHERE id = 1", &[]).await.unwrap();
+    let (ssn, card): (Vec<u8>, Vec<u8>) = (read.get(0), read.get(1));
+    // Parameters, in binary; reported to the client as bytea.
+    let insert = etl.prepare("INSERT INTO customers (id, ssn, card) VALUES ($1, $2, $3)").await;
+    let insert = insert.unwrap();
+    assert_eq!(insert.params(), [Type::INT4, Type::BYTEA, Type::BYTEA]);
+    etl.execute(&insert, &[&10i32, &ssn, &card]).await.unwrap();
+    // A literal, in bytea's hex text, as a simple query reads it.
+    let hex = simple(&etl, "SELECT ssn FROM customers WHERE id = 1").await.unwrap();
+    let hex = hex[0][0].clone().unwrap();
+    etl.batch_execute(&format!("INSERT INTO customers (id, ssn) VALUES (11, '{hex}')"))
+        .await
+        .unwrap();
+    // COPY out and back in.
+    let stream =
+        etl.copy_out("COPY (SELECT id + 100, ssn, card FROM customers WHERE id = 1) TO STDOUT");
+    let stream = stream.await.unwrap();
+    futures_util::pin_mut!(stream);
+    let mut dump = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        dump.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(dump.starts_with(b"101\t\\\\x50570102"), "{}", String::from_utf8_lossy(&dump));
+    let sink = etl.copy_in("COPY customers (id, ssn, card) FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(dump)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+
+    // Whoever may read them sees the original values.
+    for (id, expected) in [(10, original[0].clone()), (101, original[0].clone())] {
+        let sql = format!("SELECT ssn, card FROM customers WHERE id = {id}");
+        assert_eq!(simple(&full, &sql).await.unwrap(), [expected], "row {id}");
+    }
+    let got = simple(&full, "SELECT ssn FROM customers WHERE id = 11").await.unwrap();
+    assert_eq!(got, [vec![original[0][0].clone()]]);
+    // Equality search with an envelope finds the row, as the envelope is what
+    // the role sees.
+    let found = etl.query("SELECT id FROM customers WHERE ssn = $1 ORDER BY id", &[&ssn]).await;
+    let ids: Vec<i32> = found.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [1, 10, 11, 101]);
+
+    // Plaintext, another column's envelope, damaged bytes: refused, nothing
+    // of the value in the message.
+    let mut damaged = ssn.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    for (value, what) in
+        [(b"123-45-6789".to_vec(), "plaintext"), (card, "card"), (damaged, "damaged")]
+    {
+        let e = etl.execute(&insert, &[&20i32, &value, &None::<Vec<u8>>]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "22P02", "{what}: {e}");
+        let message = e.as_db_error().unwrap().message().to_string();
+        assert!(message.contains("public.customers.ssn"), "{message}");
+        assert!(!message.contains("123-45"), "{message}");
+    }
+    let e = simple(&etl, "INSERT INTO customers (id, ssn) VALUES (21, '123-45-6789')").await;
+    assert_eq!(e.unwrap_err(), "22P02");
+    let count = simple(&full, "SELECT count(*) FROM customers WHERE id IN (20, 21)").await.unwrap();
+    assert_eq!(count, [row(&["0"])]);
+}

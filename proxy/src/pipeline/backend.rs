@@ -26,6 +26,7 @@ const DATA_CORRUPTED: &str = "XX001";
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// Type OID of text, which masked columns are reported as.
 const TEXT_OID: u32 = 25;
+const BYTEA_OID: u32 = 17;
 
 /// Command tags after which the catalog is read again.
 const DDL_TAGS: &[&[u8]] = &[
@@ -200,9 +201,13 @@ impl Backend {
                         forward = false;
                     } else if !params.is_empty() && forward {
                         let mut oids = messages::parameter_description(body).ok_or(Malformed)?;
+                        let access = self.enc.access.load();
                         for p in params.iter() {
                             if let Some(oid) = oids.get_mut(p.index) {
-                                *oid = p.reported_oid();
+                                // A ciphertext role writes envelopes: bytea.
+                                let stored = access.resolve(&self.role, &p.column).level
+                                    == AccessLevel::Ciphertext;
+                                *oid = if stored { BYTEA_OID } else { p.reported_oid() };
                             }
                         }
                         messages::encode_parameter_description(&oids, out);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use super::backend::Action;
-use super::frontend::{encrypt, invalid_value, Refused};
+use super::frontend::{encrypt, invalid_value, stored_envelope, Refused};
 use crate::access::mask;
 use crate::crypto::{codec, Format, Keyring};
 use crate::metrics::{ColumnMetrics, ColumnTally};
@@ -212,6 +212,9 @@ fn put_field(spec: &CopySpec, value: &[u8], out: &mut Vec<u8>) {
 pub struct CopyIn {
     spec: Arc<CopySpec>,
     columns: Vec<Option<Arc<EncryptedColumn>>>,
+    /// Per field: the role writes the column's envelopes as they are stored
+    /// (`ciphertext` access), not values to encrypt.
+    as_stored: Vec<bool>,
     /// Bytes of a row not yet complete.
     partial: Vec<u8>,
     /// Most bytes `partial` may hold.
@@ -233,13 +236,21 @@ impl Drop for CopyIn {
 }
 
 impl CopyIn {
-    pub fn new(spec: Arc<CopySpec>, max_row: usize, metrics: ColumnMetrics) -> Option<Self> {
+    /// `as_stored`: whether the role writes a column's envelopes as stored.
+    pub fn new(
+        spec: Arc<CopySpec>,
+        max_row: usize,
+        metrics: ColumnMetrics,
+        as_stored: impl Fn(&EncryptedColumn) -> bool,
+    ) -> Option<Self> {
         let crate::sql::CopyDirection::In(columns) = &spec.direction else { return None };
         let columns = columns.clone();
+        let as_stored = columns.iter().map(|c| c.as_deref().is_some_and(&as_stored)).collect();
         Some(Self {
             header: spec.header,
             spec,
             columns,
+            as_stored,
             partial: Vec::new(),
             max_row,
             ended: false,
@@ -325,11 +336,16 @@ impl CopyIn {
                 out.extend_from_slice(raw);
                 continue;
             }
-            let canonical = codec::canonicalize_text(column.logical_type, &self.scratch)
-                .map_err(|e| invalid_value(&column.name, e))?;
-            let mut envelope = Vec::new();
-            encrypt(keyring, column, &canonical, &mut envelope)?;
-            self.tally.encrypted(column.id);
+            let envelope = if self.as_stored.get(i).copied().unwrap_or(false) {
+                stored_envelope(keyring, column, Format::Text, &self.scratch)?
+            } else {
+                let canonical = codec::canonicalize_text(column.logical_type, &self.scratch)
+                    .map_err(|e| invalid_value(&column.name, e))?;
+                let mut envelope = Vec::new();
+                encrypt(keyring, column, &canonical, &mut envelope)?;
+                self.tally.encrypted(column.id);
+                envelope
+            };
             let mut hex = Vec::with_capacity(2 + 2 * envelope.len());
             codec::to_text(crate::crypto::LogicalType::Bytea, &envelope, &mut hex)
                 .map_err(|e| invalid_value(&column.name, e))?;

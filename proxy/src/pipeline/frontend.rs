@@ -15,6 +15,7 @@ use crate::crypto::{codec, Format, LogicalType, Mode};
 use crate::protocol::messages::{self, Bind, Parse, Reader, ResultFormats};
 use crate::protocol::Message;
 use crate::sql::{self, CopyDirection, CopySpec, EncryptedColumn, ParamSite, Refusal};
+use pgwarden_config::AccessLevel::Ciphertext;
 
 /// SQLSTATE of a value that is not valid for its column's logical type.
 const INVALID_TEXT: &str = "22P02";
@@ -151,8 +152,7 @@ impl Frontend {
                 let portal = Reader::new(msg.body()).cstr().unwrap_or_default();
                 let portal = msg.frame.slice(5..5 + portal.len());
                 if let Some(spec) = self.copy_portals.get(&portal) {
-                    self.copy_in =
-                        CopyIn::new(spec.clone(), self.max_row, self.enc.metrics.clone());
+                    self.copy_in = self.copy_in(spec.clone());
                 }
                 Pending::Execute { portal }
             }
@@ -192,9 +192,7 @@ impl Frontend {
             Ok(Prepared { sql, copy, .. }) => {
                 if let Some(spec) = copy {
                     match &spec.direction {
-                        CopyDirection::In(_) => {
-                            self.copy_in = CopyIn::new(spec, self.max_row, self.enc.metrics.clone())
-                        }
+                        CopyDirection::In(_) => self.copy_in = self.copy_in(spec),
                         CopyDirection::Out(source) => {
                             let source = source.clone();
                             messages::describe_unnamed(&source, out);
@@ -355,6 +353,13 @@ impl Frontend {
         queue.push(Pending::Bind { portal, statement, formats, injected: false })
     }
 
+    /// A COPY FROM STDIN's encryption, for this session's role.
+    fn copy_in(&self, spec: Arc<CopySpec>) -> Option<CopyIn> {
+        let access = self.enc.access.load();
+        let as_stored = |c: &EncryptedColumn| access.resolve(&self.role, c).level == Ciphertext;
+        CopyIn::new(spec, self.max_row, self.enc.metrics.clone(), as_stored)
+    }
+
     /// The encrypted values of the parameters bound for encrypted columns.
     fn encrypt_params(
         &mut self,
@@ -362,6 +367,7 @@ impl Frontend {
         sites: &[BoundParam],
     ) -> Result<messages::Replaced, Refused> {
         let keyring = self.enc.keyring.load();
+        let access = self.enc.access.load();
         let mut values = Vec::with_capacity(sites.len());
         for site in sites {
             // A count mismatch is Postgres' to report.
@@ -374,6 +380,10 @@ impl Frontend {
                 Refused("08P01", format!("invalid format code for parameter ${}", site.index + 1))
             })?;
             let column = &site.column;
+            if access.resolve(&self.role, column).level == Ciphertext {
+                values.push((site.index, Some(stored_envelope(&keyring, column, format, value)?)));
+                continue;
+            }
             let declared = LogicalType::from_oid(site.declared_oid);
             let canonical = codec::canonicalize_as(column.logical_type, declared, format, value)
                 .map_err(|e| invalid_value(&column.name, e))?;
@@ -427,9 +437,16 @@ impl Frontend {
             return Ok(Prepared { sql: None, params, copy, uses });
         }
         let keyring = self.enc.keyring.load();
+        let access = self.enc.access.load();
         let mut sites: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(analysis.literals.len());
         for lit in &analysis.literals {
             let column = &lit.column;
+            if access.resolve(&self.role, column).level == Ciphertext {
+                let envelope =
+                    stored_envelope(&keyring, column, Format::Text, lit.value.as_bytes())?;
+                sites.push((lit.range.clone(), envelope));
+                continue;
+            }
             let canonical = codec::canonicalize_text(column.logical_type, lit.value.as_bytes())
                 .map_err(|e| invalid_value(&column.name, e))?;
             let mut envelope = Vec::new();
@@ -540,6 +557,36 @@ fn param_sites(found: Vec<ParamSite>) -> Result<Arc<[ParamSite]>, Refused> {
 
 pub(super) fn invalid_value(column: &str, e: codec::CodecError) -> Refused {
     Refused(INVALID_TEXT, format!("invalid input for encrypted column {column}: {e}"))
+}
+
+/// What a role with `ciphertext` access writes to `column`: an envelope, as
+/// it reads them (bytea, in `format`), stored as it is — so that what backup
+/// and ETL roles read they can write back — once it opens under the column's
+/// keys and AAD. Anything else (plaintext, another column's envelope, damaged
+/// bytes) is refused with 22P02, without the value in the message.
+pub(super) fn stored_envelope(
+    keyring: &crate::crypto::Keyring,
+    column: &sql::EncryptedColumn,
+    format: Format,
+    value: &[u8],
+) -> Result<Vec<u8>, Refused> {
+    let refused = || {
+        Refused(
+            INVALID_TEXT,
+            format!(
+                "column {} is written as stored by this role (ciphertext access): the value \
+                 must be an envelope of this column, as this role reads it",
+                column.name
+            ),
+        )
+    };
+    let envelope =
+        codec::canonicalize_as(LogicalType::Bytea, None, format, value).map_err(|_| refused())?;
+    let mut plain = Vec::new();
+    let opened = keyring.decrypt(&column.aad, &envelope, &mut plain);
+    zeroize::Zeroize::zeroize(&mut plain);
+    opened.map_err(|_| refused())?;
+    Ok(envelope.into_owned())
 }
 
 pub(super) fn encrypt(
