@@ -99,7 +99,8 @@ fn decrypting_data_rows_allocates_nothing_per_value() {
     assert!(queue.push(Pending::DescribeStatement {
         name: name.clone(),
         params: Arc::new([]),
-        injected: false
+        injected: false,
+        copy_out: false,
     }));
     backend.handle(&row_description, &queue, &mut out).unwrap();
     // Bind's result formats: one code, binary, for every column.

@@ -741,6 +741,22 @@ async fn copy_from_stdin_encrypts_and_copy_to_stdout_decrypts() {
     assert_eq!(tags, "112HdcC2DCZ", "{msgs:?}");
     assert_eq!(msgs[4].body, b"123-45-6789\n");
     assert!(msgs[8].body.ends_with(b"7"), "{}", msgs[8]);
+    // An unnamed COPY of encrypted columns, then another unnamed COPY that
+    // holds none: the second's rows go through untouched.
+    let mut batch =
+        wire::parse("", "COPY (SELECT ssn FROM customers WHERE name = 'Bob') TO STDOUT");
+    batch.extend(wire::bind("", "", &[]));
+    batch.extend(wire::execute("", 0));
+    batch.extend(wire::parse("", "COPY (SELECT 'plain'::text) TO STDOUT"));
+    batch.extend(wire::bind("", "", &[]));
+    batch.extend(wire::execute("", 0));
+    batch.extend(wire::sync());
+    w.send(&batch).await;
+    let msgs = w.until_ready(1).await;
+    let tags: String = msgs.iter().map(|m| char::from(m.tag)).collect();
+    assert_eq!(tags, "12HdcC12HdcCZ", "{msgs:?}");
+    assert_eq!(msgs[3].body, b"987-65-4321\n");
+    assert_eq!(msgs[9].body, b"plain\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,8 +241,11 @@ impl Backend {
                     }
                 }
                 match q.front() {
-                    Some(Pending::DescribeStatement { name, injected, .. }) => {
+                    Some(Pending::DescribeStatement { name, injected, copy_out, .. }) => {
                         forward &= !*injected;
+                        if *injected && !*copy_out {
+                            self.copy_statements.remove(name);
+                        }
                         self.statements.insert(name.clone(), sources.into());
                         q.pop_front();
                     }
@@ -290,8 +293,11 @@ impl Backend {
                     forward = false;
                     q.pop_front();
                 }
-                Some(Pending::DescribeStatement { name, injected, .. }) => {
+                Some(Pending::DescribeStatement { name, injected, copy_out, .. }) => {
                     forward &= !*injected;
+                    if *injected && !*copy_out {
+                        self.copy_statements.remove(name);
+                    }
                     self.statements.insert(name.clone(), Arc::new([]));
                     q.pop_front();
                 }

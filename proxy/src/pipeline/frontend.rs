@@ -141,7 +141,12 @@ impl Frontend {
                         let name = msg.frame.slice(6..6 + name.len().saturating_sub(1));
                         let params = self.statements.get(&name).cloned();
                         let params = params.unwrap_or_else(|| self.no_bound.clone());
-                        Pending::DescribeStatement { name, params, injected: false }
+                        Pending::DescribeStatement {
+                            name,
+                            params,
+                            injected: false,
+                            copy_out: false,
+                        }
                     }
                     // Postgres answers a malformed Describe with an error.
                     _ => Pending::DescribePortal,
@@ -314,8 +319,12 @@ impl Frontend {
         // Describe every statement: the backend side learns its result
         // columns from the answer, which it swallows.
         messages::describe_statement(&name, out);
+        let copy_out = self
+            .copy_statements
+            .get(&name)
+            .is_some_and(|c| matches!(c.direction, CopyDirection::Out(_)));
         queue.push(Pending::Parse { injected: false })
-            && queue.push(Pending::DescribeStatement { name, params, injected: true })
+            && queue.push(Pending::DescribeStatement { name, params, injected: true, copy_out })
     }
 
     fn bind(&mut self, msg: &Message, queue: &Queue, out: &mut BytesMut) -> bool {

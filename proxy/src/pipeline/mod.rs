@@ -160,7 +160,10 @@ pub enum Pending {
     Bind { portal: Bytes, statement: Bytes, formats: ResultFormats, injected: bool },
     /// Describe of a statement: ParameterDescription, then RowDescription or
     /// NoData. `params`: the parameters bound for encrypted columns.
-    DescribeStatement { name: Bytes, params: Arc<[BoundParam]>, injected: bool },
+    /// `copy_out`: the proxy's Describe after a Parse of a COPY TO STDOUT of
+    /// encrypted columns (whose source was described just before); after any
+    /// other Parse, what was learnt of a COPY by that name is forgotten.
+    DescribeStatement { name: Bytes, params: Arc<[BoundParam]>, injected: bool, copy_out: bool },
     /// Describe of a portal: RowDescription or NoData.
     DescribePortal,
     /// Execute: DataRows, then CommandComplete, PortalSuspended,
