@@ -85,6 +85,17 @@ fn value(spec: &CopySpec, raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
             if raw == spec.null.as_slice() {
                 return None;
             }
+            // Most fields (numbers, words, bytea's hex once its leading `\\`
+            // is read) hold no escape at all: copied whole.
+            let (head, rest) = match raw {
+                [b'\\', b'\\', rest @ ..] => (&b"\\"[..], rest),
+                _ => (&b""[..], raw),
+            };
+            if !rest.contains(&b'\\') {
+                out.extend_from_slice(head);
+                out.extend_from_slice(rest);
+                return Some(());
+            }
             let mut i = 0;
             while i < raw.len() {
                 if raw[i] != b'\\' {
@@ -174,6 +185,12 @@ fn value(spec: &CopySpec, raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
 fn put_field(spec: &CopySpec, value: &[u8], out: &mut Vec<u8>) {
     match spec.format {
         CopyFormat::Text => {
+            let special =
+                |b: &u8| matches!(b, b'\\' | b'\n' | b'\r' | b'\t') || *b == spec.delimiter;
+            if !value.iter().any(special) {
+                out.extend_from_slice(value);
+                return;
+            }
             for &b in value {
                 match b {
                     b'\\' => out.extend_from_slice(b"\\\\"),
