@@ -225,5 +225,29 @@ fn encrypt(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, decrypt, encrypt);
+/// The masks the encryption suite's masked role reads through, on values of
+/// the same lengths: what a masked value costs after its decryption.
+fn masks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("mask");
+    for (mask, value) in
+        [("partial(0, '***-**-', 4)", "123-45-6789"), ("last4", "4111111111111111")]
+    {
+        let parsed = pgwarden_config::Mask::parse(mask).expect("mask");
+        let mut out = Vec::with_capacity(64);
+        group.bench_function(mask, |b| {
+            b.iter(|| {
+                pgwarden::access::mask::apply(
+                    &parsed,
+                    std::hint::black_box(value.as_bytes()),
+                    |_| None,
+                    &mut out,
+                );
+                std::hint::black_box(&out);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decrypt, encrypt, masks);
 criterion_main!(benches);

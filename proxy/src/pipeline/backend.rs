@@ -527,34 +527,20 @@ impl Backend {
                     self.deny(&column, out);
                     return Ok(());
                 }
-                (Some(v), Some(f)) => {
-                    if let Err(message) = self.decrypt(v, f) {
+                (Some(v), Some(f)) => match self.decrypt(v, f) {
+                    Ok(true) => {
+                        out.put_i32(self.encoded.len() as i32);
+                        out.put_slice(&self.encoded);
+                    }
+                    Ok(false) => out.put_i32(-1),
+                    Err(message) => {
                         out.truncate(at);
                         tracing::warn!(column = %f.column.name, reason = %message, "stored value does not decrypt");
                         out.put_slice(&protocol::error_response("ERROR", DATA_CORRUPTED, &message));
                         self.poisoned = true;
                         return Ok(());
                     }
-                    if let Action::Mask(m) = &f.action {
-                        self.tally.masked(f.column.id);
-                        // Only the hash mask needs a key.
-                        let keyring = &self.enc.keyring;
-                        let hash = |t: &[u8]| {
-                            keyring.load().readable(&f.column.key).first().map(|c| c.mask_hash(t))
-                        };
-                        if mask::apply(m, &self.encoded, hash, &mut self.plain) {
-                            out.put_i32(self.plain.len() as i32);
-                            out.put_slice(&self.plain);
-                        } else {
-                            out.put_i32(-1);
-                        }
-                        // The plaintext behind the mask goes no further.
-                        wipe(&mut self.encoded);
-                        continue;
-                    }
-                    out.put_i32(self.encoded.len() as i32);
-                    out.put_slice(&self.encoded);
-                }
+                },
                 (Some(v), None) => {
                     out.put_i32(v.len() as i32);
                     out.put_slice(v);
@@ -566,9 +552,9 @@ impl Backend {
         Ok(())
     }
 
-    /// Decrypts one stored value into `self.encoded`, in the field's format
-    /// (text, for a value to be masked).
-    fn decrypt(&mut self, stored: &[u8], f: &PlanField) -> Result<(), String> {
+    /// Decrypts one stored value into `self.encoded`, in the field's format,
+    /// or its mask (text); false when the mask is NULL.
+    fn decrypt(&mut self, stored: &[u8], f: &PlanField) -> Result<bool, String> {
         let c = &f.column;
         let envelope = match f.format {
             Format::Binary => stored,
@@ -590,13 +576,37 @@ impl Backend {
         }
         self.tally.decrypted(c.id);
         wipe(&mut self.encoded);
-        let shown = match f.action {
-            Action::Mask(_) => Format::Text,
-            _ => f.format,
+        let shown = match &f.action {
+            Action::Mask(m) => {
+                self.tally.masked(c.id);
+                // Masks work on the value's text, which is its canonical
+                // form for every type but bytea.
+                let bytea = c.logical_type == crate::crypto::LogicalType::Bytea;
+                let text = if bytea {
+                    // `\x` hex: cannot fail.
+                    self.envelope.clear();
+                    let _ = codec::to_text(c.logical_type, &self.plain, &mut self.envelope);
+                    &self.envelope
+                } else {
+                    &self.plain
+                };
+                // Only the hash mask needs a key.
+                let keyring = &self.enc.keyring;
+                let hash =
+                    |t: &[u8]| keyring.load().readable(&c.key).first().map(|k| k.mask_hash(t));
+                let shown = mask::apply(m, text, hash, &mut self.encoded);
+                if bytea {
+                    wipe(&mut self.envelope);
+                }
+                Ok(shown)
+            }
+            _ => codec::encode(c.logical_type, f.format, &self.plain, &mut self.encoded)
+                .map(|()| true)
+                .map_err(|e| format!("column {}: {e}", c.name)),
         };
-        let encoded = codec::encode(c.logical_type, shown, &self.plain, &mut self.encoded);
+        // The plaintext goes no further than its encoding, or its mask.
         wipe(&mut self.plain);
-        encoded.map_err(|e| format!("column {}: {e}", c.name))
+        shown
     }
 }
 
