@@ -647,14 +647,13 @@ pub(super) fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
         if hex.len() % 2 != 0 {
             return None;
         }
-        out.resize(hex.len() / 2, 0);
         // No branch per byte: a digit that is not one shows in `bad`.
         let mut bad = 0;
-        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        out.extend(hex.chunks_exact(2).map(|pair| {
             let (high, low) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
             bad |= high | low;
-            *byte = high << 4 | low & 0x0f;
-        }
+            high << 4 | low & 0x0f
+        }));
         return (bad <= 0x0f).then_some(());
     }
     let mut rest = text;
