@@ -389,6 +389,14 @@ async fn sigterm_writes_every_finished_statement_and_no_plaintext_reaches_log_fi
         assert!(!all.contains(secret), "{secret} is in the audit file");
         assert!(!table.iter().any(|l| l.contains(secret)), "{secret} is in the audit table");
     }
+    // Nor key material or passwords: the master key, the audit key, the
+    // password the sessions and the admin connection log in with.
+    let master = std::fs::read_to_string(keys.path().join("master.key")).unwrap();
+    for secret in [master.trim(), KEY, PASSWORD] {
+        assert!(!log.contains(secret), "key material or a password is in the proxy's log");
+        assert!(!all.contains(secret), "key material or a password is in the audit file");
+        assert!(!table.iter().any(|l| l.contains(secret)), "… in the audit table");
+    }
     drop(keys);
 }
 
