@@ -240,6 +240,8 @@ pub struct CopyIn {
     ended: bool,
     ranges: Vec<Range<usize>>,
     scratch: Vec<u8>,
+    /// The envelope of the field being written.
+    envelope: Vec<u8>,
     row: Vec<u8>,
     /// Values encrypted, reported when the COPY ends.
     tally: ColumnTally,
@@ -248,7 +250,12 @@ pub struct CopyIn {
 
 impl Drop for CopyIn {
     fn drop(&mut self) {
+        use zeroize::Zeroize;
         self.tally.flush(&self.metrics);
+        // The client's plaintext rows and values.
+        self.partial.zeroize();
+        self.scratch.zeroize();
+        self.row.zeroize();
     }
 }
 
@@ -273,6 +280,7 @@ impl CopyIn {
             ended: false,
             ranges: Vec::new(),
             scratch: Vec::new(),
+            envelope: Vec::new(),
             row: Vec::new(),
             tally: ColumnTally::default(),
             metrics,
@@ -353,20 +361,22 @@ impl CopyIn {
                 out.extend_from_slice(raw);
                 continue;
             }
-            let envelope = if self.as_stored.get(i).copied().unwrap_or(false) {
-                stored_envelope(keyring, column, Format::Text, &self.scratch)?
+            if self.as_stored.get(i).copied().unwrap_or(false) {
+                self.envelope = stored_envelope(keyring, column, Format::Text, &self.scratch)?;
             } else {
                 let canonical = codec::canonicalize_text(column.logical_type, &self.scratch)
                     .map_err(|e| invalid_value(&column.name, e))?;
-                let mut envelope = Vec::new();
-                encrypt(keyring, column, &canonical, &mut envelope)?;
+                self.envelope.clear();
+                encrypt(keyring, column, &canonical, &mut self.envelope)?;
                 self.tally.encrypted(column.id);
-                envelope
-            };
-            let mut hex = Vec::with_capacity(2 + 2 * envelope.len());
-            codec::to_text(crate::crypto::LogicalType::Bytea, &envelope, &mut hex)
+            }
+            // bytea's `\x` hex, straight into the row: hex digits need no
+            // escaping or quoting, only the backslash does in text format.
+            if self.spec.format == CopyFormat::Text {
+                out.push(b'\\');
+            }
+            codec::to_text(crate::crypto::LogicalType::Bytea, &self.envelope, out)
                 .map_err(|e| invalid_value(&column.name, e))?;
-            put_field(&self.spec, &hex, out);
         }
         out.extend_from_slice(eol);
         Ok(())
