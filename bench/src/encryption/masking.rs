@@ -97,10 +97,10 @@ pub async fn measure(
         for (what, by_role) in samples.iter_mut().enumerate() {
             for k in 0..2 {
                 let who = (round + what + k) % 2;
-                // A new connection for every read: a session's two tasks land
-                // on the proxy's worker threads as they happen to, and one
-                // connection kept for a role would keep its placement's luck
-                // (measured: 12% between two full-access roles).
+                // A new connection for every read: one kept for a role keeps
+                // whatever it happens to cost (measured: 12% between two
+                // roles with the same full access, each on its own kept
+                // connection).
                 let client = &connect(roles[who]).await?;
                 let start = Instant::now();
                 let n = if what == 0 { extended(client).await? } else { simple(client).await? };
