@@ -204,6 +204,20 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     try_connect(url).await.unwrap_or_else(|e| panic!("connect {url}: {e:?}"))
 }
 
+/// Everything a COPY ... TO STDOUT sends (tokio-postgres prepares it: the
+/// extended protocol).
+pub async fn copy_out(c: &tokio_postgres::Client, sql: &str) -> Vec<u8> {
+    use futures_util::TryStreamExt;
+    let stream = c.copy_out(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    stream
+        .try_fold(Vec::new(), |mut acc, b| async move {
+            acc.extend_from_slice(&b);
+            Ok(acc)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// The error a connection attempt that must fail gets.
 pub async fn connect_err(url: &str) -> tokio_postgres::Error {
     match try_connect(url).await {

@@ -496,13 +496,8 @@ async fn psql_shows_each_role_its_own_view_including_copy() {
 
     // COPY prepared through the extended protocol (tokio-postgres) masks too.
     let masked = env.client("masked_r").await;
-    let stream = masked.copy_out("COPY (SELECT id, ssn FROM customers ORDER BY id) TO STDOUT");
-    let stream = stream.await.unwrap();
-    futures_util::pin_mut!(stream);
-    let mut text = Vec::new();
-    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-        text.extend_from_slice(&chunk.unwrap());
-    }
+    let sql = "COPY (SELECT id, ssn FROM customers ORDER BY id) TO STDOUT";
+    let text = pgwarden_integration::copy_out(&masked, sql).await;
     assert_eq!(String::from_utf8(text).unwrap(), "1\t***-**-6789\n2\t***-**-4321\n");
 }
 
@@ -639,14 +634,8 @@ async fn a_ciphertext_role_writes_back_the_envelopes_it_reads() {
         .await
         .unwrap();
     // COPY out and back in.
-    let stream =
-        etl.copy_out("COPY (SELECT id + 100, ssn, card FROM customers WHERE id = 1) TO STDOUT");
-    let stream = stream.await.unwrap();
-    futures_util::pin_mut!(stream);
-    let mut dump = Vec::new();
-    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-        dump.extend_from_slice(&chunk.unwrap());
-    }
+    let sql = "COPY (SELECT id + 100, ssn, card FROM customers WHERE id = 1) TO STDOUT";
+    let dump = pgwarden_integration::copy_out(&etl, sql).await;
     assert!(dump.starts_with(b"101\t\\\\x50570102"), "{}", String::from_utf8_lossy(&dump));
     let sink = etl.copy_in("COPY customers (id, ssn, card) FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);

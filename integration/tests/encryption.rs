@@ -699,15 +699,7 @@ async fn copy_from_stdin_encrypts_and_copy_to_stdout_decrypts() {
     // client's stays prepared around it.
     let copy_out = |sql: &'static str| {
         let proxy = &proxy;
-        async move {
-            let stream = proxy.copy_out(sql).await.unwrap();
-            futures_util::pin_mut!(stream);
-            let mut text = Vec::new();
-            while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-                text.extend_from_slice(&chunk.unwrap());
-            }
-            String::from_utf8(text).unwrap()
-        }
+        async move { String::from_utf8(pgwarden_integration::copy_out(proxy, sql).await).unwrap() }
     };
     assert_eq!(
         copy_out("COPY customers (name, ssn, card) TO STDOUT").await,

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{pin_mut, SinkExt, StreamExt, TryStreamExt};
-use pgwarden_integration::{roles, TestEnv};
+use futures_util::{pin_mut, SinkExt, StreamExt};
+use pgwarden_integration::{copy_out, roles, TestEnv};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 
@@ -119,19 +119,6 @@ async fn errors_are_reported_and_the_session_stays_usable() {
         assert_eq!(e.code().unwrap().code(), "42601");
         assert_eq!(c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
     }
-}
-
-/// Everything a COPY ... TO STDOUT sends.
-async fn copy_out(c: &Client, sql: &str) -> Vec<u8> {
-    c.copy_out(sql)
-        .await
-        .unwrap()
-        .try_fold(Vec::new(), |mut acc, b| async move {
-            acc.extend_from_slice(&b);
-            Ok(acc)
-        })
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
