@@ -85,6 +85,14 @@ impl ColumnCipher {
         out
     }
 
+    /// The AEAD key of `mode`.
+    fn aead(&self, mode: Mode) -> &LessSafeKey {
+        match mode {
+            Mode::Randomized => &self.randomized,
+            Mode::Deterministic => &self.deterministic,
+        }
+    }
+
     /// The data-key id this cipher writes into envelopes.
     pub fn key_id(&self) -> u32 {
         self.key_id
@@ -112,11 +120,7 @@ impl ColumnCipher {
         envelope::write_header(out, mode, self.key_id, &nonce);
         out.extend_from_slice(plaintext);
         let body = &mut out[start + HEADER_LEN..];
-        let key = match mode {
-            Mode::Randomized => &self.randomized,
-            Mode::Deterministic => &self.deterministic,
-        };
-        match key.seal_in_place_separate_tag(
+        match self.aead(mode).seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(aad),
             body,
@@ -149,15 +153,15 @@ impl ColumnCipher {
         if envelope.key_id != self.key_id {
             return Err(CryptoError::Authentication);
         }
-        let key = match envelope.mode {
-            Mode::Randomized => &self.randomized,
-            Mode::Deterministic => &self.deterministic,
-        };
         // The envelope ends with ciphertext‖tag, which aws-lc opens in place.
         out.extend_from_slice(envelope.ciphertext);
         out.extend_from_slice(envelope.tag);
         let nonce = Nonce::assume_unique_for_key(*envelope.nonce);
-        if key.open_in_place(nonce, Aad::from(aad), out.as_mut_slice()).is_err() {
+        if self
+            .aead(envelope.mode)
+            .open_in_place(nonce, Aad::from(aad), out.as_mut_slice())
+            .is_err()
+        {
             // aws-lc leaves no unauthenticated plaintext behind; clear the
             // buffer all the same.
             out.fill(0);
