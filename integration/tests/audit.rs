@@ -128,6 +128,33 @@ async fn concurrent_clients_get_exactly_their_records_in_seq_order_and_the_chain
     let out = verify(&files);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // Retention: the first file verified on its own (`--open`), then removed;
+    // the rest verifies from the anchor that printed, and not without it.
+    let with = |extra: &[&str], files: &[PathBuf]| {
+        std::process::Command::new(pgwarden_integration::pgwarden_binary())
+            .args(["audit", "verify", "--key", "env:AUDIT_TEST_KEY"])
+            .args(extra)
+            .args(files)
+            .env("AUDIT_TEST_KEY", KEY)
+            .output()
+            .unwrap()
+    };
+    let first_seq = |f: &PathBuf| {
+        let text = std::fs::read_to_string(f).unwrap();
+        serde_json::from_str::<Value>(text.lines().next().unwrap()).unwrap()["seq"].as_u64()
+    };
+    let mut ordered = files.clone();
+    ordered.sort_by_key(first_seq);
+    let out = with(&["--open"], &ordered[..1]);
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    let anchor = printed.split('`').nth(1).expect("the anchor to keep").to_string();
+    let rest = &ordered[1..];
+    assert!(!verify(rest).status.success(), "a missing first file went unnoticed");
+    let out = with(&["--after", &anchor], rest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(with(&["--after", "12:nothex"], rest).status.code(), Some(2));
+
     // Remove one record from the middle of a rotated file.
     let victim = &files[1];
     let text = std::fs::read_to_string(victim).unwrap();

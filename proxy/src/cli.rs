@@ -49,6 +49,10 @@ enum AuditAction {
         /// writing it).
         #[arg(long)]
         open: bool,
+        /// SEQ:MAC of the last record of files removed since (retention),
+        /// as a verify of them printed: the files given must follow it.
+        #[arg(long, value_name = "SEQ:MAC")]
+        after: Option<String>,
     },
 }
 
@@ -92,8 +96,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Cmd::CheckConfig { file }) => return check_config(&file),
         Some(Cmd::Demo { port }) => crate::demo::run(port),
-        Some(Cmd::Audit { action: AuditAction::Verify { files, key, open } }) => {
-            return audit_verify(cli.config.as_deref(), key, &files, open);
+        Some(Cmd::Audit { action: AuditAction::Verify { files, key, open, after } }) => {
+            return audit_verify(cli.config.as_deref(), key, &files, open, after.as_deref());
         }
         Some(Cmd::Keys { action }) => match cli.config {
             Some(path) => keys(&path, action),
@@ -155,7 +159,15 @@ fn audit_verify(
     key: Option<String>,
     files: &[PathBuf],
     open: bool,
+    after: Option<&str>,
 ) -> ExitCode {
+    let anchor = match after.map(parse_anchor).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pgwarden audit verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let secret = match (key, config) {
         (Some(k), _) => toml_secret(&k),
         (None, Some(path)) => match pgwarden_config::load_file(path) {
@@ -174,9 +186,13 @@ fn audit_verify(
         }
     };
     let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
-    match crate::audit::chain::verify(key.expose().as_bytes(), &paths, open) {
+    match crate::audit::chain::verify(key.expose().as_bytes(), &paths, open, anchor) {
         Ok(v) => {
-            println!("ok: {} records, seq 1..{}, last mac {}", v.records, v.last_seq, v.last_mac);
+            println!(
+                "ok: {} records, seq {}..{}, last mac {} (keep `{}:{}` for --after once these \
+                 files are removed)",
+                v.records, v.first_seq, v.last_seq, v.last_mac, v.last_seq, v.last_mac
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -184,6 +200,18 @@ fn audit_verify(
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--after SEQ:MAC`: a seq and a MAC of 64 lower-case hex digits.
+fn parse_anchor(text: &str) -> Result<(u64, &str), String> {
+    let bad = || format!("--after wants SEQ:MAC (as verify prints them), not {text:?}");
+    let (seq, mac) = text.split_once(':').ok_or_else(bad)?;
+    let seq = seq.parse::<u64>().map_err(|_| bad())?;
+    let hex = mac.len() == 64 && mac.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex {
+        return Err(bad());
+    }
+    Ok((seq, mac))
 }
 
 /// A secret reference given on the command line, as the config reads it.

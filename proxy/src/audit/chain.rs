@@ -18,6 +18,10 @@
 //! continues the chain after it, and the cut looks like a clean end) or
 //! removing all of it. Keep the last seq and MAC somewhere else (pgwarden
 //! logs them at shutdown) to anchor the end.
+//!
+//! Old files may be removed (retention): `after` then anchors the start at
+//! the seq and MAC of the last removed record, which a verify of those files
+//! printed before they went; the rest must follow it exactly.
 
 use std::path::Path;
 
@@ -147,14 +151,21 @@ pub fn tail(path: &Path) -> std::io::Result<Option<(u64, String)>> {
 #[derive(Debug)]
 pub struct Verified {
     pub records: u64,
+    pub first_seq: u64,
     pub last_seq: u64,
     pub last_mac: String,
 }
 
 /// Checks the chain through `files` (in any order). `open`: the log may
-/// still be written (its end need not be a seal). The error names the first
-/// bad record by file, line and seq.
-pub fn verify(key: &[u8], files: &[&Path], open: bool) -> Result<Verified, String> {
+/// still be written (its end need not be a seal). `after`: the seq and MAC of
+/// the record the files follow (earlier files removed); `None` for a chain
+/// from its start. The error names the first bad record by file, line and seq.
+pub fn verify(
+    key: &[u8],
+    files: &[&Path],
+    open: bool,
+    after: Option<(u64, &str)>,
+) -> Result<Verified, String> {
     let chain = Chain::new(key, 0, GENESIS.into())?;
     let mut texts = Vec::with_capacity(files.len());
     for f in files {
@@ -183,8 +194,11 @@ pub fn verify(key: &[u8], files: &[&Path], open: bool) -> Result<Verified, Strin
         parsed.push((first, f, lines));
     }
     parsed.sort_by_key(|(first, _, _)| *first);
-    let mut expected_seq = 1u64;
-    let mut expected_prev = GENESIS.to_string();
+    let (mut expected_seq, mut expected_prev) = match after {
+        Some((seq, mac)) => (seq + 1, mac.to_string()),
+        None => (1, GENESIS.to_string()),
+    };
+    let first_seq = expected_seq;
     let mut last: Option<(String, u64, &str, Option<&str>)> = None;
     let mut records = 0u64;
     for (_, f, lines) in &parsed {
@@ -197,9 +211,10 @@ pub fn verify(key: &[u8], files: &[&Path], open: bool) -> Result<Verified, Strin
                 ));
             }
             if p.seq != expected_seq || p.prev != expected_prev {
-                let after = match &last {
-                    Some((_, seq, _, _)) => format!("seq {seq}"),
-                    None => "the start of the chain".into(),
+                let after = match (&last, after) {
+                    (Some((_, seq, _, _)), _) => format!("seq {seq}"),
+                    (None, Some((seq, _))) => format!("the anchor (--after {seq}:…)"),
+                    (None, None) => "the start of the chain".into(),
                 };
                 return Err(format!(
                     "{at}: does not follow {after} (expected seq {expected_seq}): a record was \
@@ -229,5 +244,5 @@ pub fn verify(key: &[u8], files: &[&Path], open: bool) -> Result<Verified, Strin
             ));
         }
     }
-    Ok(Verified { records, last_seq: expected_seq - 1, last_mac: expected_prev })
+    Ok(Verified { records, first_seq, last_seq: expected_seq - 1, last_mac: expected_prev })
 }

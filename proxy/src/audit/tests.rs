@@ -57,7 +57,7 @@ fn log(dir: &Path, n: usize, per_file: usize) -> Vec<PathBuf> {
 
 fn verify(files: &[PathBuf]) -> Result<chain::Verified, String> {
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    chain::verify(KEY, &paths, false)
+    chain::verify(KEY, &paths, false, None)
 }
 
 fn edit(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
@@ -177,7 +177,7 @@ fn a_truncated_tail_or_a_missing_last_file_fails() {
     let e = verify(&files).unwrap_err();
     assert!(e.contains("without a seal"), "{e}");
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    assert!(chain::verify(KEY, &paths, true).is_ok(), "--open accepts an unsealed end");
+    assert!(chain::verify(KEY, &paths, true, None).is_ok(), "--open accepts an unsealed end");
 
     let files = log(dir.path(), 10, 3);
     let e = verify(&files[..3]).unwrap_err();
@@ -198,7 +198,7 @@ fn another_key_fails() {
     let dir = tempfile::tempdir().unwrap();
     let files = log(dir.path(), 2, 100);
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let e = chain::verify(b"another key, another key, another", &paths, false).unwrap_err();
+    let e = chain::verify(b"another key, another key, another", &paths, false, None).unwrap_err();
     assert!(e.contains("MAC does not match"), "{e}");
 }
 
@@ -210,4 +210,26 @@ fn garbage_lines_are_reported_not_panicked_on() {
         std::fs::write(&p, text).unwrap();
         assert!(verify(std::slice::from_ref(&p)).is_err());
     }
+}
+
+#[test]
+fn removed_old_files_verify_from_an_anchor_and_only_from_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = log(dir.path(), 10, 3);
+    // What a verify of the first file printed before it was removed.
+    let first: Vec<&Path> = vec![files[0].as_path()];
+    let kept = chain::verify(KEY, &first, true, None).unwrap();
+    let rest: Vec<&Path> = files[1..].iter().map(PathBuf::as_path).collect();
+    let anchor = Some((kept.last_seq, kept.last_mac.as_str()));
+    let v = chain::verify(KEY, &rest, false, anchor).unwrap();
+    assert_eq!((v.first_seq, v.last_seq), (kept.last_seq + 1, 14));
+    // Without the anchor, or with another one, the start does not follow.
+    let e = chain::verify(KEY, &rest, false, None).unwrap_err();
+    assert!(e.contains("does not follow the start"), "{e}");
+    let other = Some((kept.last_seq, chain::GENESIS));
+    let e = chain::verify(KEY, &rest, false, other).unwrap_err();
+    assert!(e.contains("does not follow the anchor"), "{e}");
+    // The anchor does not excuse a file missing after it.
+    let gap: Vec<&Path> = files[2..].iter().map(PathBuf::as_path).collect();
+    assert!(chain::verify(KEY, &gap, false, anchor).is_err());
 }
