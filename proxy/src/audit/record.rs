@@ -205,24 +205,38 @@ fn field_list(out: &mut String, name: &str, values: &[String]) {
 /// A JSON string literal.
 pub fn escape(s: &str, out: &mut String) {
     out.push('"');
+    // A scan of bytes: every character to escape starts with an ASCII byte
+    // or, for U+2028 and U+2029, with 0xE2 0x80; the rest is copied in runs.
+    let bytes = s.as_bytes();
     let mut from = 0;
-    for (i, c) in s.char_indices() {
-        let esc = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => "",
-            _ => continue,
+    let mut i = 0;
+    while i < bytes.len() {
+        let (len, esc) = match bytes[i] {
+            b'"' => (1, "\\\""),
+            b'\\' => (1, "\\\\"),
+            b'\n' => (1, "\\n"),
+            b'\r' => (1, "\\r"),
+            b'\t' => (1, "\\t"),
+            0..=0x1f => (1, ""),
+            0xe2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
+                (3, "")
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(&s[from..i]);
         if esc.is_empty() {
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            let c = s[i..].chars().next().map_or(0, |c| c as u32);
+            let _ = write!(out, "\\u{c:04x}");
         } else {
             out.push_str(esc);
         }
-        from = i + c.len_utf8();
+        i += len;
+        from = i;
     }
     out.push_str(&s[from..]);
     out.push('"');

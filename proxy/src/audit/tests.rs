@@ -233,3 +233,22 @@ fn removed_old_files_verify_from_an_anchor_and_only_from_the_right_one() {
     let gap: Vec<&Path> = files[2..].iter().map(PathBuf::as_path).collect();
     assert!(chain::verify(KEY, &gap, false, anchor).is_err());
 }
+
+#[test]
+fn escape_writes_json_strings_that_parse_back_to_the_text() {
+    for text in [
+        "plain",
+        "",
+        "quote \" backslash \\ newline \n cr \r tab \t",
+        "control \u{1} \u{1f} and \u{7f}",
+        "line sep \u{2028} para sep \u{2029}, other e2: \u{2020} \u{20ac}",
+        "héllo 日本 🙂",
+    ] {
+        let mut out = String::new();
+        super::record::escape(text, &mut out);
+        let back: String = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+        assert_eq!(back, text);
+        assert!(!out.contains('\u{2028}') && !out.contains('\u{2029}'), "{out}");
+        assert!(out.bytes().all(|b| b >= 0x20), "{out:?}");
+    }
+}
