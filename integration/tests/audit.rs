@@ -501,6 +501,59 @@ async fn with_on_overflow_drop_a_stuck_sink_costs_records_not_clients_and_the_lo
     direct.batch_execute("ALTER ROLE auditor LOGIN").await.unwrap();
 }
 
+/// A session waiting for room in a full queue (`on_overflow = "block"`, a
+/// stuck sink) when its client hangs up: the records of the statements the
+/// client got answers for are still written, once the sink is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_its_records_wait_for_room_loses_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, mut config) = with_auditor(dir.path()).await;
+    config.audit.sinks = vec![AuditSink::Postgres];
+    config.audit.queue_capacity = 1;
+    let mut env = TestEnv::start_on(pg, config).await;
+    let direct = env.direct_client().await;
+    direct
+        .batch_execute(
+            "ALTER ROLE auditor NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = 'auditor'",
+        )
+        .await
+        .unwrap();
+    // Many statements at once; answers come until the session waits for room
+    // for their records, then stop. The client takes what came and hangs up.
+    let addr = env.proxy_addr;
+    let (mut client, _) = pgwarden_integration::wire::Wire::startup(
+        addr,
+        pgwarden_integration::roles::TRUST,
+        "postgres",
+    )
+    .await;
+    let batch: Vec<u8> = (0..2000)
+        .flat_map(|i| pgwarden_integration::wire::query(&format!("SELECT {i} AS answered")))
+        .collect();
+    client.send(&batch).await;
+    let mut answered = 0i64;
+    while let Ok(Some(m)) = client.recv_within(std::time::Duration::from_secs(1)).await {
+        answered += i64::from(m.tag == b'C');
+    }
+    assert!((1..2000).contains(&answered), "{answered} answers: the session never waited");
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    direct.batch_execute("ALTER ROLE auditor LOGIN").await.unwrap();
+    env.shutdown().await.unwrap();
+    let n: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pgwarden.audit_log WHERE event = 'statement' \
+             AND line LIKE '%AS answered%' AND line LIKE '%\"outcome\":\"ok\"%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Statements Postgres answered after the client left are recorded too.
+    assert!(n >= answered, "{n} records for {answered} answered statements");
+}
+
 /// A cluster with a login `auditor` that may create the audit schema, and a
 /// pass-through config whose own connection (the postgres sink's) is
 /// `auditor`, auditing to a file in `dir`.

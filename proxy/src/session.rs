@@ -433,6 +433,10 @@ where
         let _ = uwr.write_all(&crate::protocol::terminate()).await;
     }
     let _ = uwr.shutdown().await;
+    // Records of finished statements that a loop had gathered but not yet
+    // queued when the other loop ended the session.
+    flush_records(state.tracker.as_ref(), client_side.as_mut().map(|a| &mut a.records)).await;
+    flush_records(state.tracker.as_ref(), server_side.as_mut().map(|a| &mut a.records)).await;
     let outcome = outcome(&end, true);
     if let Some(t) = &state.tracker {
         let mut r = t.record(Event::Disconnect, "ok").reason(outcome.as_str());
@@ -450,12 +454,14 @@ fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Queues the records a loop gathered in its last batch.
-async fn flush_records(tracker: Option<&Tracker>, records: Option<&mut Vec<Record>>) {
+/// Queues the records a loop gathered in its last batch. Cancel safe: what
+/// a loop ended in the middle of it leaves is queued by the session's end.
+async fn flush_records(
+    tracker: Option<&Tracker>,
+    records: Option<&mut std::collections::VecDeque<Record>>,
+) {
     if let (Some(t), Some(records)) = (tracker, records) {
-        for r in records.drain(..) {
-            t.auditor.record(r).await;
-        }
+        t.auditor.queue_all(records).await;
     }
 }
 

@@ -23,7 +23,7 @@ pub mod redact;
 pub mod track;
 pub mod writer;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -176,6 +176,34 @@ impl Auditor {
             self.depth.inc();
         } else {
             self.drop_one();
+        }
+    }
+
+    /// Queues `records` in order, as [`Auditor::record`] queues each. Cancel
+    /// safe: a record leaves `records` only once it is queued (or dropped, by
+    /// `on_overflow = "drop"`), so what a cancelled call leaves behind is
+    /// still there for the session's end to queue.
+    pub async fn queue_all(&self, records: &mut VecDeque<Record>) {
+        while let Some(r) = records.front() {
+            if r.fingerprint().is_some_and(|f| self.excluded(f)) {
+                records.pop_front();
+                continue;
+            }
+            let permit = match self.tx.try_reserve() {
+                Ok(permit) => Some(permit),
+                Err(mpsc::error::TrySendError::Full(())) if self.overflow == Overflow::Block => {
+                    self.tx.reserve().await.ok()
+                }
+                Err(_) => None,
+            };
+            let Some(r) = records.pop_front() else { break };
+            match permit {
+                Some(permit) => {
+                    permit.send(Entry::Record(Box::new(r)));
+                    self.depth.inc();
+                }
+                None => self.drop_one(),
+            }
         }
     }
 

@@ -96,7 +96,7 @@ pub struct ClientSide {
     batch: Vec<Inflight>,
     start: u64,
     /// Denials seen in this batch, queued after it.
-    pub records: Vec<Record>,
+    pub records: VecDeque<Record>,
 }
 
 impl ClientSide {
@@ -108,7 +108,7 @@ impl ClientSide {
             unnamed: None,
             batch: Vec::new(),
             start: 0,
-            records: Vec::new(),
+            records: VecDeque::new(),
         }
     }
 
@@ -221,7 +221,7 @@ impl ClientSide {
         r.protocol = Some(protocol);
         r.statement = statement.cloned();
         r.sqlstate = state.as_bytes().try_into().ok();
-        self.records.push(r);
+        self.records.push_back(r);
     }
 
     /// A Query or round trip the rate limit refused (53400).
@@ -229,7 +229,7 @@ impl ClientSide {
         let mut r = tracker.record(Event::Denied, "denied").reason("rate_limit");
         r.protocol = Some(if tag == b'Q' { "simple" } else { "extended" });
         r.sqlstate = Some(*b"53400");
-        self.records.push(r);
+        self.records.push_back(r);
     }
 
     /// Hands this batch's requests to the other side; call before the batch
@@ -246,7 +246,7 @@ impl ClientSide {
 pub struct ServerSide {
     /// DataRows of the result being sent.
     rows: u64,
-    pub records: Vec<Record>,
+    pub records: VecDeque<Record>,
 }
 
 /// A batch of answers, holding the shared queue's lock.
@@ -301,7 +301,7 @@ impl Answers<'_> {
         r.rows = rows;
         r.duration_us = (outcome != "skipped").then(|| self.now.saturating_sub(start));
         r.sqlstate = sqlstate;
-        self.side.records.push(r);
+        self.side.records.push_back(r);
     }
 
     fn complete(&mut self, outcome: &'static str, rows: Option<u64>, sqlstate: Option<[u8; 5]>) {
