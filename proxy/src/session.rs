@@ -184,6 +184,7 @@ async fn refused_handshake(shared: &Shared, id: String, peer: SocketAddr, why: D
             application: String::new(),
             client_addr: peer.to_string(),
             tls: false,
+            json: Default::default(),
         });
         a.record(Record::new(Event::Denied, Some(who), "denied").reason(why.as_str())).await;
     }
@@ -285,6 +286,7 @@ where
                 application: startup.param("application_name").unwrap_or_default().to_string(),
                 client_addr: peer.to_string(),
                 tls: tls.is_some(),
+                json: Default::default(),
             });
             *info.lock().unwrap_or_else(|p| p.into_inner()) = Some(who.clone());
             a.record(Record::new(Event::Connect, Some(who), "ok")).await;

@@ -50,7 +50,7 @@ impl Event {
 }
 
 /// Who a session is: shared by all its records.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SessionInfo {
     pub id: String,
     pub user: String,
@@ -58,6 +58,27 @@ pub struct SessionInfo {
     pub application: String,
     pub client_addr: String,
     pub tls: bool,
+    /// Its fields as every record of the session writes them, made once.
+    pub json: std::sync::OnceLock<String>,
+}
+
+impl SessionInfo {
+    /// `,"session":…,"user":…,"database":…,"application":…,"client_addr":…,"tls":…`.
+    fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            let mut out = String::new();
+            field_str(&mut out, "session", Some(&self.id));
+            // Empty before the startup packet (a client refused in its TLS
+            // handshake): unknown, so null.
+            let known = |v: &str| !v.is_empty();
+            field_str(&mut out, "user", Some(self.user.as_str()).filter(|v| known(v)));
+            field_str(&mut out, "database", Some(self.database.as_str()).filter(|v| known(v)));
+            field_str(&mut out, "application", Some(&self.application));
+            field_str(&mut out, "client_addr", Some(&self.client_addr));
+            let _ = write!(out, ",\"tls\":{}", self.tls);
+            out
+        })
+    }
 }
 
 /// A statement's text as the audit log shows it, shared by every execution
@@ -72,6 +93,23 @@ pub struct Statement {
     pub encrypted_columns: Vec<String>,
     /// The most restrictive access the role has to the columns it reads.
     pub access: Option<&'static str>,
+    /// Its fields as every execution's record writes them, made once: those
+    /// before `params`, and those after it.
+    pub json: std::sync::OnceLock<(String, String)>,
+}
+
+impl Statement {
+    fn json(&self) -> &(String, String) {
+        self.json.get_or_init(|| {
+            let (mut before, mut after) = (String::new(), String::new());
+            field_str(&mut before, "statement", Some(&self.text));
+            field_str(&mut before, "fingerprint", Some(&self.fingerprint));
+            field_list(&mut after, "tables", &self.tables);
+            field_list(&mut after, "encrypted_columns", &self.encrypted_columns);
+            field_str(&mut after, "access", self.access);
+            (before, after)
+        })
+    }
 }
 
 /// One audit record before it is chained.
@@ -142,29 +180,22 @@ impl Record {
             self.event.category(),
             self.severity()
         );
-        let s = self.session.as_deref();
-        field_str(out, "session", s.map(|s| s.id.as_str()));
-        // Empty before the startup packet (a client refused in its TLS
-        // handshake): unknown, so null.
-        let known = |v: &'_ str| !v.is_empty();
-        field_str(out, "user", s.map(|s| s.user.as_str()).filter(|v| known(v)));
-        field_str(out, "database", s.map(|s| s.database.as_str()).filter(|v| known(v)));
-        field_str(out, "application", s.map(|s| s.application.as_str()));
-        field_str(out, "client_addr", s.map(|s| s.client_addr.as_str()));
-        match s {
-            Some(s) => {
-                let _ = write!(out, ",\"tls\":{}", s.tls);
+        out.push_str(match self.session.as_deref() {
+            Some(s) => s.json(),
+            None => {
+                ",\"session\":null,\"user\":null,\"database\":null,\"application\":null,\
+                 \"client_addr\":null,\"tls\":null"
             }
-            None => out.push_str(",\"tls\":null"),
-        }
+        });
         field_str(out, "protocol", self.protocol);
-        let st = self.statement.as_deref();
-        field_str(out, "statement", st.map(|s| s.text.as_str()));
-        field_str(out, "fingerprint", st.map(|s| s.fingerprint.as_str()));
+        let st = self.statement.as_deref().map(Statement::json);
+        out.push_str(st.map_or(",\"statement\":null,\"fingerprint\":null", |(before, _)| before));
         field_str(out, "params", self.params);
-        field_list(out, "tables", st.map_or(&[][..], |s| &s.tables));
-        field_list(out, "encrypted_columns", st.map_or(&[][..], |s| &s.encrypted_columns));
-        field_str(out, "access", st.and_then(|s| s.access));
+        out.push_str(
+            st.map_or(",\"tables\":[],\"encrypted_columns\":[],\"access\":null", |(_, after)| {
+                after
+            }),
+        );
         field_num(out, "rows", self.rows);
         field_num(out, "duration_us", self.duration_us);
         field_str(out, "outcome", Some(self.outcome));

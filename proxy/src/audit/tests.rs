@@ -16,6 +16,7 @@ fn session() -> Arc<SessionInfo> {
         application: "psql\n".into(),
         client_addr: "127.0.0.1:5000".into(),
         tls: false,
+        json: Default::default(),
     })
 }
 

@@ -132,6 +132,7 @@ impl ClientSide {
                     tables: seen.map(|s| s.tables.clone()).unwrap_or_default(),
                     encrypted_columns: seen.map(|s| s.columns.clone()).unwrap_or_default(),
                     access: seen.and_then(|s| s.access),
+                    json: Default::default(),
                 })
             })
             .collect()
