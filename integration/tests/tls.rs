@@ -23,14 +23,16 @@ async fn psql(port: u16, options: &str, sql: &str) -> (bool, String) {
         "host=localhost hostaddr=127.0.0.1 port={port} user={} dbname=postgres {options}",
         roles::SCRAM
     );
-    let sql = sql.to_string();
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-A", "-t", "-d", &conninfo, "-c", sql]).env("PGPASSWORD", PASSWORD);
+    run(cmd).await
+}
+
+/// Runs a client without PGSSLMODE from the environment; (success, stdout
+/// then stderr).
+async fn run(mut cmd: Command) -> (bool, String) {
     tokio::task::spawn_blocking(move || {
-        let out = Command::new("psql")
-            .args(["-X", "-A", "-t", "-d", &conninfo, "-c", &sql])
-            .env("PGPASSWORD", PASSWORD)
-            .env_remove("PGSSLMODE")
-            .output()
-            .unwrap();
+        let out = cmd.env_remove("PGSSLMODE").output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -164,21 +166,9 @@ async fn psycopg(port: u16, options: &str) -> (bool, String) {
     let script = "import sys, psycopg\n\
                   with psycopg.connect(sys.argv[1]) as c:\n    \
                   print(c.pgconn.ssl_in_use, c.execute('SELECT 42').fetchone()[0])\n";
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(python::interpreter())
-            .args(["-c", script, &conninfo])
-            .env_remove("PGSSLMODE")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    })
-    .await
-    .unwrap()
+    let mut cmd = Command::new(python::interpreter());
+    cmd.args(["-c", script, &conninfo]);
+    run(cmd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
