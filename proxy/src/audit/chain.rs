@@ -35,13 +35,18 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
+    hex_into(bytes, &mut s);
     s
+}
+
+/// Appends `bytes` in lower-case hex.
+fn hex_into(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
 }
 
 /// The writing end of a chain.
@@ -67,19 +72,17 @@ impl Chain {
         self.seq += 1;
         let start = out.len();
         record.write_canonical(self.seq, &self.prev, out);
-        let mac = self.sign(&out[start..]);
+        let mut m = self.mac.clone();
+        m.update(&out.as_bytes()[start..]);
+        let mac = m.finalize().into_bytes();
         out.pop();
         out.push_str(",\"mac\":\"");
-        out.push_str(&mac);
+        let at = out.len();
+        hex_into(&mac, out);
+        self.prev.clear();
+        self.prev.push_str(&out[at..]);
         out.push_str("\"}\n");
-        self.prev = mac;
         self.seq
-    }
-
-    fn sign(&self, canonical: &str) -> String {
-        let mut m = self.mac.clone();
-        m.update(canonical.as_bytes());
-        hex(&m.finalize().into_bytes())
     }
 
     /// Whether `mac` is the MAC of `canonical`, in constant time.

@@ -160,7 +160,7 @@ impl Auditor {
         if r.fingerprint().is_some_and(|f| self.excluded(f)) {
             return;
         }
-        let entry = Entry::Record(Box::new(r));
+        let entry = Entry::Record(r);
         let sent = match self.tx.try_send(entry) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(entry)) => match self.overflow {
@@ -199,7 +199,7 @@ impl Auditor {
             let Some(r) = records.pop_front() else { break };
             match permit {
                 Some(permit) => {
-                    permit.send(Entry::Record(Box::new(r)));
+                    permit.send(Entry::Record(r));
                     self.depth.inc();
                 }
                 None => self.drop_one(),
@@ -211,7 +211,7 @@ impl Auditor {
     /// records queued before it: if the queue is full, a task waits for room
     /// in its place with `on_overflow = "block"`; it is dropped with `"drop"`.
     pub fn record_detached(self: &Arc<Self>, r: Record) {
-        match self.tx.try_send(Entry::Record(Box::new(r))) {
+        match self.tx.try_send(Entry::Record(r)) {
             Ok(()) => self.depth.inc(),
             Err(mpsc::error::TrySendError::Full(entry)) if self.overflow == Overflow::Block => {
                 let Ok(rt) = tokio::runtime::Handle::try_current() else {

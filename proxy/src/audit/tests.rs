@@ -253,3 +253,33 @@ fn escape_writes_json_strings_that_parse_back_to_the_text() {
         assert!(out.bytes().all(|b| b >= 0x20), "{out:?}");
     }
 }
+
+#[test]
+fn timestamps_are_written_as_humantime_writes_them() {
+    use std::time::{Duration, SystemTime};
+    let mut secs: Vec<u64> = vec![
+        0,
+        59,
+        86_399,
+        86_400,
+        951_782_399,   // 2000-02-28T23:59:59
+        951_868_800,   // 2000-03-01: 2000 is a leap year
+        4_107_456_000, // 2100-02-28: 2100 is not
+        4_107_542_400,
+        1_796_234_567,
+        253_402_300_799, // 9999-12-31T23:59:59, humantime's last
+    ];
+    // And a spread of others, from a fixed LCG.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..20_000 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        secs.push(x % 253_402_300_800);
+    }
+    for (i, s) in secs.into_iter().enumerate() {
+        let micros = (i as u32).wrapping_mul(7919) % 1_000_000;
+        let ts = SystemTime::UNIX_EPOCH + Duration::new(s, micros * 1000 + 999);
+        let mut out = String::new();
+        super::record::write_timestamp(ts, &mut out);
+        assert_eq!(out, humantime::format_rfc3339_micros(ts).to_string(), "{s}.{micros}");
+    }
+}

@@ -31,14 +31,17 @@ use super::record::{Event, Record};
 /// Records taken off the queue per batch, at most.
 const BATCH: usize = 512;
 
+/// Bytes made room for per record of a batch (a statement line is ~700).
+const LINE_ROOM: usize = 800;
+
 /// How long the writer waits after draining the queue before it takes the
 /// next records: bounds how late a record is written (and how much of a
 /// `block` queue a burst fills) against wake-ups per record.
-const LINGER: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(10);
 
 /// What the queue carries.
 pub enum Entry {
-    Record(Box<Record>),
+    Record(Record),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
     /// Seal the log, write everything, stop; answered with the last seq and MAC.
@@ -239,9 +242,11 @@ impl Writer {
                 }
                 self.depth.sub(got as i64);
                 let mut segments = vec![];
+                let mut left = got;
                 for entry in entries.drain(..) {
+                    left -= 1;
                     match entry {
-                        Entry::Record(r) => self.chain_into(&r, &mut segments),
+                        Entry::Record(r) => self.chain_into(&r, &mut segments, left + 1),
                         Entry::Flush(done) => {
                             self.write(std::mem::take(&mut segments), None).await;
                             let _ = done.send(());
@@ -265,10 +270,12 @@ impl Writer {
         });
     }
 
-    fn chain_into(&mut self, r: &Record, segments: &mut Vec<Segment>) {
+    /// Chains `r` into the last segment; `left` records of the batch, this
+    /// one included, are still to come (room is made for them at once).
+    fn chain_into(&mut self, r: &Record, segments: &mut Vec<Segment>, left: usize) {
         if segments.last().is_none_or(|s| s.rotate) {
             segments.push(Segment {
-                text: String::with_capacity(4096),
+                text: String::with_capacity(left * LINE_ROOM),
                 first_seq: self.chain.seq + 1,
                 count: 0,
                 rotate: false,
