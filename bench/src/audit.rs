@@ -147,6 +147,7 @@ struct One<'a> {
 
 impl One<'_> {
     fn run(&self, interrupt: &Interrupt) -> Result<Audited> {
+        self.settle()?;
         let dir = self.scratch.path().join(format!("audit-{}", self.run));
         let file = dir.join("pgwarden-audit.jsonl");
         let mut extra = Extra { name: "pgwarden-audit", ..Extra::default() };
@@ -232,6 +233,16 @@ impl One<'_> {
             }
         };
         Ok(Audited { m, transactions, records })
+    }
+
+    /// Lets the previous run's clean-up finish before this run is measured:
+    /// Postgres writes what the postgres sink's table and its drop left dirty
+    /// (`CHECKPOINT`), the kernel what a file sink's log left (`sync`), so
+    /// neither lands in the next run, whatever its sink.
+    fn settle(&self) -> Result<()> {
+        self.cluster.psql("postgres", "CHECKPOINT").context("CHECKPOINT before a run")?;
+        procs::output(&mut Command::new("sync"), "sync")?;
+        Ok(())
     }
 
     /// `psql -Atc "SELECT line FROM pgwarden.audit_log ORDER BY seq" -o FILE`.
