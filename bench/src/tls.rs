@@ -10,8 +10,14 @@
 //!   startup) for every transaction, so TPS is the connection setup rate;
 //! - reconnect, no server reuse: `-C` again, against a second PgBouncer with
 //!   `server_lifetime = 0`, which closes each server connection after its
-//!   client instead of handing it to the next one: like pgwarden, it then opens
-//!   a Postgres connection (a backend) per client connection.
+//!   client instead of handing it to the next one, and a second pgwarden
+//!   without `upstream.reuse_idle`: both then open a Postgres connection (a
+//!   backend) per client connection.
+//!
+//! The first pgwarden keeps server connections as PgBouncer's session pool
+//! does (`upstream.reuse_idle = 64`, PgBouncer's `default_pool_size`): the
+//! bench's logins are trust, which pgwarden may hand on (DESIGN.md relays
+//! password logins, which it never keeps).
 //!
 //! Everything it started is stopped and removed at exit, on error and on
 //! Ctrl-C, by the same guards as the pass-through run.
@@ -68,6 +74,10 @@ const WORKLOADS: [(&str, bool, bool); 3] = [
     ("reconnect -C, no server reuse", true, false),
 ];
 
+/// `upstream.reuse_idle` of the pgwarden that keeps server connections:
+/// PgBouncer's `default_pool_size` in this bench.
+const REUSE_IDLE: u32 = 64;
+
 /// The two targets, in the order of the first round.
 const TARGETS: [Target; 2] = [Target::PgBouncer, Target::Pgwarden];
 
@@ -111,6 +121,7 @@ pub fn run(settings: &Settings) -> Result<()> {
             report::js(&cert.display().to_string()),
             report::js(&key.display().to_string())
         ),
+        upstream: format!("reuse_idle = {REUSE_IDLE}\n"),
         ..Extra::default()
     };
     let pgwarden = Pgwarden::start_extra(
@@ -120,15 +131,25 @@ pub fn run(settings: &Settings) -> Result<()> {
         settings.pgwarden_workers,
         &extra,
     )?;
+    let fresh_extra = Extra { name: "pgwarden-fresh", upstream: String::new(), ..extra };
+    let fresh = Pgwarden::start_extra(
+        &warden_bin,
+        &scratch,
+        direct.port,
+        settings.pgwarden_workers,
+        &fresh_extra,
+    )?;
     eprintln!(
-        "postgres on 127.0.0.1:{} (plaintext), pgbouncer on :{} (pid {}) and with server_lifetime = 0 on :{} (pid {}), pgwarden on :{} (pid {}), all with client TLS",
+        "postgres on 127.0.0.1:{} (plaintext), pgbouncer on :{} (pid {}) and with server_lifetime = 0 on :{} (pid {}), pgwarden with reuse_idle = {REUSE_IDLE} on :{} (pid {}) and without on :{} (pid {}), all with client TLS",
         direct.port,
         pgbouncer.port,
         pgbouncer.pid(),
         unpooled.port,
         unpooled.pid(),
         pgwarden.port,
-        pgwarden.pid()
+        pgwarden.pid(),
+        fresh.port,
+        fresh.pid()
     );
     let ticks = procs::clock_ticks();
     let loadavg_start = runner::read_trimmed("/proc/loadavg");
@@ -140,13 +161,14 @@ pub fn run(settings: &Settings) -> Result<()> {
     for round in 0..settings.rounds as usize {
         for (i, row) in rows.iter_mut().enumerate() {
             let (label, reconnect, reuse) = WORKLOADS[i];
-            let bouncer = if reuse { &pgbouncer } else { &unpooled };
+            let (bouncer, warden) =
+                if reuse { (&pgbouncer, &pgwarden) } else { (&unpooled, &fresh) };
             for k in 0..TARGETS.len() {
                 // The first target alternates between loads and rounds.
                 let target = TARGETS[(i + round + k) % TARGETS.len()];
                 let (port, pid) = match target {
                     Target::PgBouncer => (bouncer.port, bouncer.pid()),
-                    _ => (pgwarden.port, pgwarden.pid()),
+                    _ => (warden.port, warden.pid()),
                 };
                 let load = Load {
                     pgbench: &pgbench_bin,
@@ -342,7 +364,7 @@ fn json(
 ) -> String {
     let mut out = report::json_header(
         "tls",
-        "pgbench -S -M prepared with sslmode=require through PgBouncer (client_tls_sslmode=require) and pgwarden (listen.tls_cert/tls_key), same certificate, plaintext to Postgres; steady TPS without connection time, -C (a connection per transaction), and -C against a second PgBouncer with server_lifetime = 0 (no server connection reused); median over rounds",
+        "pgbench -S -M prepared with sslmode=require through PgBouncer (client_tls_sslmode=require) and pgwarden (listen.tls_cert/tls_key), same certificate, plaintext to Postgres; steady TPS without connection time, -C (a connection per transaction), pgwarden with upstream.reuse_idle = 64 as PgBouncer's session pool; and -C against a second PgBouncer with server_lifetime = 0 and a second pgwarden without reuse_idle (no server connection reused); median over rounds",
         started,
         loadavg_start,
         loadavg_end,

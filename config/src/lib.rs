@@ -159,6 +159,20 @@ pub struct Upstream {
     pub admin_password: Option<Secret>,
     /// Database the proxy's own connection uses. Default `postgres`.
     pub admin_database: String,
+    /// Server connections kept for reuse by later clients, at most, over all
+    /// (user, database, startup parameters). Only logins Postgres admits
+    /// without asking the client for anything (trust; `cert` or `ident` of
+    /// the proxy's own connection) are kept, after `DISCARD ALL`: a password,
+    /// md5 or SCRAM login always gets a connection of its own, since the proxy
+    /// relays authentication and never holds what would check the next
+    /// client. Default 0 (off). Needs a restart.
+    pub reuse_idle: u32,
+    /// A kept connection unused this long is closed. Default `60s`. Needs a
+    /// restart.
+    pub reuse_idle_timeout: DurationValue,
+    /// A connection is not kept, or kept longer, once it is this old.
+    /// Default `1h`. Needs a restart.
+    pub reuse_lifetime: DurationValue,
 }
 
 impl Default for Upstream {
@@ -172,6 +186,9 @@ impl Default for Upstream {
             admin_user: String::new(),
             admin_password: None,
             admin_database: "postgres".into(),
+            reuse_idle: 0,
+            reuse_idle_timeout: DurationValue::from_secs(60),
+            reuse_lifetime: DurationValue::from_secs(3600),
         }
     }
 }
@@ -261,6 +278,8 @@ impl Config {
             ("listen.idle_timeout", &self.listen.idle_timeout),
             ("listen.shutdown_grace", &self.listen.shutdown_grace),
             ("upstream.connect_timeout", &self.upstream.connect_timeout),
+            ("upstream.reuse_idle_timeout", &self.upstream.reuse_idle_timeout),
+            ("upstream.reuse_lifetime", &self.upstream.reuse_lifetime),
         ] {
             if let Some(e) = d.error() {
                 problem(key, e.to_string());

@@ -28,6 +28,17 @@ pub struct Sides<'a, CR, CW, UR, UW> {
     pub upstream: &'a mut Framer,
 }
 
+/// A login Postgres admitted.
+pub struct Admitted {
+    /// The proxy's cancel key for the client, registered in the cancel map.
+    pub registration: Registration,
+    /// Whether Postgres asked the client for anything (a password, md5,
+    /// SCRAM...). A login that was not asked can be given a kept connection.
+    pub challenged: bool,
+    /// Postgres' ParameterStatus messages, whole (only with `keep_params`).
+    pub params: Vec<bytes::Bytes>,
+}
+
 /// Relays authentication through to the first ReadyForQuery. On success the
 /// client holds the proxy's cancel key, registered in `cancels`.
 ///
@@ -37,7 +48,8 @@ pub async fn relay<CR, CW, UR, UW>(
     cancels: &CancelMap,
     upstream_addr: SocketAddr,
     upstream_tls: Option<&crate::upstream::tls::UpstreamTlsSetup>,
-) -> Result<Registration, End>
+    keep_params: bool,
+) -> Result<Admitted, End>
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
@@ -46,6 +58,8 @@ where
 {
     let mut out = BytesMut::new();
     let mut registration = None;
+    let mut challenged = false;
+    let mut params = vec![];
     loop {
         let msg = next(s.upstream, s.upstream_rd, true).await?;
         match msg.tag {
@@ -60,6 +74,7 @@ where
                     out.extend_from_slice(&msg.frame);
                 }
                 if expects_client_response(code) {
+                    challenged = true;
                     flush(s.client_wr, &mut out).await?;
                     let reply = next(s.client, s.client_rd, false).await?;
                     match reply.tag {
@@ -101,10 +116,17 @@ where
             b'Z' => {
                 out.extend_from_slice(&msg.frame);
                 flush(s.client_wr, &mut out).await?;
-                return registration
-                    .ok_or(End::Upstream(ClientError::upstream_protocol_violation()));
+                let registration = registration
+                    .ok_or(End::Upstream(ClientError::upstream_protocol_violation()))?;
+                return Ok(Admitted { registration, challenged, params });
             }
-            // ParameterStatus, NoticeResponse, NegotiateProtocolVersion, ...
+            b'S' => {
+                if keep_params {
+                    params.push(bytes::Bytes::copy_from_slice(&msg.frame));
+                }
+                out.extend_from_slice(&msg.frame);
+            }
+            // NoticeResponse, NegotiateProtocolVersion, ...
             _ => out.extend_from_slice(&msg.frame),
         }
     }

@@ -49,6 +49,9 @@ pub struct Shared {
     pub encryption: Option<Arc<crate::pipeline::Encryption>>,
     /// The audit log; `None` when `[audit] sinks` is empty.
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// Server connections kept for later clients; `None` when
+    /// `upstream.reuse_idle` is 0.
+    pub reuse: Option<crate::upstream::reuse::Reuse>,
 }
 
 /// A bound, not yet running proxy.
@@ -72,6 +75,11 @@ impl ProxyHandle {
     /// Connections being served (handshaking or in session).
     pub fn active_connections(&self) -> usize {
         self.tracker.len()
+    }
+
+    /// Server connections kept for later clients (`upstream.reuse_idle`).
+    pub fn kept_connections(&self) -> usize {
+        self.shared.reuse.as_ref().map_or(0, |r| r.len())
     }
 
     /// Sessions holding a cancel key.
@@ -120,6 +128,9 @@ impl ProxyHandle {
         keep!(upstream.tls, "upstream.tls");
         keep!(upstream.ca, "upstream.ca");
         keep!(upstream.connect_timeout, "upstream.connect_timeout");
+        keep!(upstream.reuse_idle, "upstream.reuse_idle");
+        keep!(upstream.reuse_idle_timeout, "upstream.reuse_idle_timeout");
+        keep!(upstream.reuse_lifetime, "upstream.reuse_lifetime");
         keep!(metrics.address, "metrics.address");
         keep!(columns, "columns");
         keep!(keys, "keys");
@@ -200,6 +211,7 @@ impl Proxy {
         let upstream = UpstreamTarget::from_config(&config.upstream)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let shared = Arc::new(Shared {
+            reuse: crate::upstream::reuse::Reuse::new(&config.upstream),
             upstream,
             rate_limits: RateLimits::new(config.limits.queries_per_second_per_user),
             config: ArcSwap::new(config),
@@ -244,6 +256,22 @@ impl Proxy {
         let admin = self.admin.map(|server| {
             tokio::spawn(server.serve(self.shared.clone(), shutdown.clone(), admin_stop.clone()))
         });
+        let sweeper = self.shared.reuse.is_some().then(|| {
+            let shared = self.shared.clone();
+            let stop = admin_stop.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    if let Some(reuse) = &shared.reuse {
+                        reuse.sweep().await;
+                    }
+                }
+            })
+        });
         loop {
             let (socket, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -284,11 +312,17 @@ impl Proxy {
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             tracing::warn!(left = self.tracker.len(), "sessions still open after the grace period");
         }
+        if let Some(reuse) = &self.shared.reuse {
+            reuse.close_all().await;
+        }
         if let Some(audit) = &self.shared.audit {
             // Everything the sessions recorded is queued before this.
             audit.close().await;
         }
         admin_stop.cancel();
+        if let Some(task) = sweeper {
+            let _ = task.await;
+        }
         if let Some(task) = admin {
             let _ = task.await;
         }

@@ -150,6 +150,9 @@ pub struct Metrics {
     auth_failures: IntCounter,
     /// `pgwarden_upstream_connect_seconds`: successful TCP connects to Postgres.
     upstream_connect: Histogram,
+    /// `pgwarden_upstream_reused_total`: sessions given a kept server
+    /// connection (`upstream.reuse_idle`) instead of a new one.
+    upstream_reused: IntCounter,
     /// `pgwarden_denied_total{reason}`, indexed by [`Denial`].
     denied: Vec<IntCounter>,
     /// `pgwarden_rate_limited_total`: statements refused with 53400 by
@@ -348,6 +351,12 @@ impl Metrics {
         )?;
         reg(Box::new(upstream_connect.clone()))?;
 
+        let upstream_reused = IntCounter::new(
+            "pgwarden_upstream_reused_total",
+            "Sessions given a server connection kept from an earlier client (upstream.reuse_idle)",
+        )?;
+        reg(Box::new(upstream_reused.clone()))?;
+
         let by_reason = IntCounterVec::new(
             Opts::new("pgwarden_denied_total", "Connections pgwarden refused or cut, by reason"),
             &["reason"],
@@ -415,6 +424,7 @@ impl Metrics {
             bytes,
             auth_failures,
             upstream_connect,
+            upstream_reused,
             denied,
             rate_limited,
             crypto_operations,
@@ -503,6 +513,10 @@ impl Metrics {
     #[inline]
     pub fn bytes(&self, direction: Direction, n: usize) {
         self.bytes[direction as usize].inc_by(n as u64);
+    }
+
+    pub fn upstream_reused(&self) {
+        self.upstream_reused.inc();
     }
 
     pub fn upstream_connected(&self, seconds: f64) {

@@ -300,6 +300,11 @@ impl Framer {
         }
     }
 
+    /// Whether nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Splits off the first message if it is whole.
     pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
         match self.header()? {

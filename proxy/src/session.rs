@@ -13,7 +13,7 @@
 //! the shared counters are touched once per batch and per ReadyForQuery.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +38,7 @@ use crate::pipeline::{Backend, Frontend, Queue};
 use crate::policy;
 use crate::protocol::{self, Fill, FrameError, Framer, StartupPacket};
 use crate::tls::ClientTls;
+use crate::upstream::reuse::{Kept, Login};
 
 /// Bytes the encryption pipeline gathers for the client before writing them.
 const FLUSH_AT: usize = 64 * 1024;
@@ -48,7 +49,8 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How a session (or its handshake) ended; decides what is sent on the way out.
 #[derive(Debug)]
 pub enum End {
-    /// The client sent Terminate, which was forwarded.
+    /// The client sent Terminate, which was forwarded (or, for a connection
+    /// kept for the next client, swallowed: see [`SessionState::keeps`]).
     ClientTerminated,
     /// The client's socket closed or failed.
     ClientGone,
@@ -308,36 +310,65 @@ where
                 || refuse(ClientError::too_many_connections_for_role(role), Denial::RoleCapacity),
             )?;
         let connecting = Instant::now();
-        let conn = shared.upstream.open().await.map_err(|e| {
-            tracing::warn!(error = %e, "cannot reach upstream Postgres");
-            unreachable = true;
-            End::Upstream(e.client_error())
-        })?;
-        metrics.upstream_connected(connecting.elapsed().as_secs_f64());
-        let addr =
-            conn.peer_addr().map_err(|_| End::Upstream(ClientError::upstream_unreachable()))?;
-        let upstream_tls = if conn.is_tls() { shared.upstream.tls.as_ref() } else { None };
-        let (mut urd, mut uwr) = conn.into_split();
-        uwr.write_all(&startup.raw).await.map_err(|_| End::UpstreamGone)?;
-        let sides = auth::Sides {
-            client_rd: crd,
-            client_wr: cwr,
-            client: &mut client,
-            upstream_rd: &mut urd,
-            upstream_wr: &mut uwr,
-            upstream: &mut upstream,
+        let reuse = shared.reuse.as_ref();
+        let kept = match reuse {
+            Some(r) => r.take(&startup.raw).await,
+            None => None,
         };
-        let registration = match auth::relay(sides, &shared.cancels, addr, upstream_tls).await {
-            Ok(r) => {
+        let (urd, uwr, registration, login) =
+            if let Some(k) = kept {
+                // Postgres admitted this very startup packet without asking for
+                // anything: its next client is told what Postgres told the first.
+                let (pid, secret, registration) = shared.cancels.register(k.login.key.clone());
+                let greeting = k.login.greeting(&protocol::backend_key_data(pid, secret));
+                cwr.write_all(&greeting).await.map_err(|_| End::ClientGone)?;
                 shared.lockouts.succeeded(role, peer.ip());
-                r
-            }
-            Err(End::AuthFailed { password: true }) => {
-                shared.lockouts.failed(role, peer.ip(), &config.limits);
-                return Err(End::AuthFailed { password: true });
-            }
-            Err(e) => return Err(e),
-        };
+                metrics.upstream_reused();
+                upstream = k.framer;
+                (k.rd, k.wr, registration, Some(k.login))
+            } else {
+                let conn = shared.upstream.open().await.map_err(|e| {
+                    tracing::warn!(error = %e, "cannot reach upstream Postgres");
+                    unreachable = true;
+                    End::Upstream(e.client_error())
+                })?;
+                metrics.upstream_connected(connecting.elapsed().as_secs_f64());
+                let addr = conn
+                    .peer_addr()
+                    .map_err(|_| End::Upstream(ClientError::upstream_unreachable()))?;
+                let upstream_tls = if conn.is_tls() { shared.upstream.tls.as_ref() } else { None };
+                let (mut urd, mut uwr) = conn.into_split();
+                uwr.write_all(&startup.raw).await.map_err(|_| End::UpstreamGone)?;
+                let sides = auth::Sides {
+                    client_rd: crd,
+                    client_wr: cwr,
+                    client: &mut client,
+                    upstream_rd: &mut urd,
+                    upstream_wr: &mut uwr,
+                    upstream: &mut upstream,
+                };
+                let admitted =
+                    match auth::relay(sides, &shared.cancels, addr, upstream_tls, reuse.is_some())
+                        .await
+                    {
+                        Ok(a) => {
+                            shared.lockouts.succeeded(role, peer.ip());
+                            a
+                        }
+                        Err(End::AuthFailed { password: true }) => {
+                            shared.lockouts.failed(role, peer.ip(), &config.limits);
+                            return Err(End::AuthFailed { password: true });
+                        }
+                        Err(e) => return Err(e),
+                    };
+                let login = (reuse.is_some() && !admitted.challenged).then(|| Login {
+                    startup: startup.raw.clone(),
+                    params: admitted.params,
+                    key: admitted.registration.upstream.clone(),
+                    opened: connecting.into_std(),
+                });
+                (urd, uwr, admitted.registration, login)
+            };
         tracing::debug!(user = startup.user(), database = startup.database(), "authenticated");
         if let Some(a) = audit {
             a.record(Record::new(Event::AuthOk, session_info(&info), "ok")).await;
@@ -349,7 +380,7 @@ where
         let identity: Arc<str> = Arc::from(role);
         // Only a limited session looks at each message for the rate.
         let rate = shared.rate_limits.limiter(role);
-        Ok((urd, uwr, registration, slot, encryption, rate, identity))
+        Ok((urd, uwr, registration, login, slot, encryption, rate, identity))
     };
     let established = tokio::select! {
         r = tokio::time::timeout(listen.handshake_timeout.get(), handshake) => match r {
@@ -366,25 +397,26 @@ where
         },
         _ = shutdown.cancelled() => Err((End::Drained, ConnectionOutcome::Shutdown)),
     };
-    let (mut urd, mut uwr, registration, _slot, encryption, rate, identity) = match established {
-        Ok(e) => e,
-        Err((end, outcome)) => {
-            if let (Some(a), Some(who)) = (audit, session_info(&info)) {
-                let why = refused.load(Ordering::Relaxed) as usize;
-                if let Some(d) = why.checked_sub(1).and_then(|i| Denial::ALL.get(i)) {
-                    let r = Record::new(Event::Denied, Some(who.clone()), "denied");
-                    a.record(r.reason(d.as_str())).await;
-                } else if matches!(end, End::AuthFailed { .. }) {
-                    a.record(Record::new(Event::AuthFailed, Some(who.clone()), "error")).await;
+    let (mut urd, mut uwr, registration, login, _slot, encryption, rate, identity) =
+        match established {
+            Ok(e) => e,
+            Err((end, outcome)) => {
+                if let (Some(a), Some(who)) = (audit, session_info(&info)) {
+                    let why = refused.load(Ordering::Relaxed) as usize;
+                    if let Some(d) = why.checked_sub(1).and_then(|i| Denial::ALL.get(i)) {
+                        let r = Record::new(Event::Denied, Some(who.clone()), "denied");
+                        a.record(r.reason(d.as_str())).await;
+                    } else if matches!(end, End::AuthFailed { .. }) {
+                        a.record(Record::new(Event::AuthFailed, Some(who.clone()), "error")).await;
+                    }
+                    let mut r =
+                        Record::new(Event::Disconnect, Some(who), "ok").reason(outcome.as_str());
+                    r.duration_us = Some(micros(began));
+                    a.record(r).await;
                 }
-                let mut r =
-                    Record::new(Event::Disconnect, Some(who), "ok").reason(outcome.as_str());
-                r.duration_us = Some(micros(began));
-                a.record(r).await;
+                return (end, outcome);
             }
-            return (end, outcome);
-        }
-    };
+        };
     let tracker = match (audit, session_info(&info)) {
         (Some(a), Some(who)) => Some(Tracker::new(a.clone(), who)),
         _ => None,
@@ -401,6 +433,9 @@ where
         in_flight: InFlight::default(),
         queue: Queue::default(),
         tracker,
+        reusable: login.is_some(),
+        status: AtomicU8::new(b'I'),
+        kept: AtomicBool::new(false),
     };
     let max_row = listen.max_message_bytes as usize;
     let mut frontend = encryption.clone().map(|e| Frontend::new(e, max_row, identity.clone()));
@@ -425,7 +460,10 @@ where
         (End::Drained, Some(e)) => End::Client(e),
         (end, _) => end,
     };
-    if matches!(end, End::ClientGone | End::Client(_) | End::Drained) {
+    let keep = matches!(end, End::ClientTerminated) && state.kept.load(Ordering::Acquire);
+    if let (true, Some(reuse), Some(login)) = (keep, shared.reuse.as_ref(), login) {
+        reuse.keep(Kept { rd: urd, wr: uwr, framer: upstream, login }).await;
+    } else if matches!(end, End::ClientGone | End::Client(_) | End::Drained) {
         if !state.idle() {
             // Postgres notices a closed socket only when it next writes: a long
             // statement abandoned by its client would run on. Cancel it.
@@ -433,8 +471,10 @@ where
         }
         // Let the backend end cleanly instead of logging a lost connection.
         let _ = uwr.write_all(&crate::protocol::terminate()).await;
+        let _ = uwr.shutdown().await;
+    } else {
+        let _ = uwr.shutdown().await;
     }
-    let _ = uwr.shutdown().await;
     // Records of finished statements that a loop had gathered but not yet
     // queued when the other loop ended the session.
     flush_records(state.tracker.as_ref(), client_side.as_mut().map(|a| &mut a.records)).await;
@@ -490,9 +530,27 @@ struct SessionState {
     /// Statements awaiting their answer, for the audit log; `None` when it
     /// is off.
     tracker: Option<Tracker>,
+    /// Whether the server connection may be kept for a later client
+    /// (`upstream.reuse_idle`, a login Postgres did not challenge).
+    reusable: bool,
+    /// Transaction status of Postgres' last ReadyForQuery.
+    status: AtomicU8,
+    /// Set when the client's Terminate was swallowed to keep the connection.
+    kept: AtomicBool,
 }
 
 impl SessionState {
+    /// Whether the Terminate the client just sent leaves a connection to
+    /// keep: reusable, nothing running, no transaction open. If so, the
+    /// Terminate is not forwarded and the session's end keeps it.
+    fn keeps(&self) -> bool {
+        let keep = self.reusable && self.idle() && self.status.load(Ordering::Acquire) == b'I';
+        if keep {
+            self.kept.store(true, Ordering::Release);
+        }
+        keep
+    }
+
     fn idle(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0 && !self.unsynced.load(Ordering::Acquire)
     }
@@ -588,6 +646,10 @@ where
                 let rate_refused =
                     original.as_ref().is_some_and(|(_, f)| f.as_ptr() != msg.frame.as_ptr());
                 terminated = track(state, msg.tag, &mut now);
+                if terminated && state.keeps() {
+                    audit_request(&mut stages, tracker, original.as_ref(), rate_refused);
+                    continue;
+                }
                 match stages.frontend.as_deref_mut() {
                     Some(front) => {
                         if let Some(seen) = front.audit.as_mut() {
@@ -628,7 +690,7 @@ where
                     }
                     terminated = track(state, tag, &mut now);
                     a.message(t, tag, body, None);
-                    true
+                    !(terminated && state.keeps())
                 });
                 a.commit(t);
                 split
@@ -638,7 +700,7 @@ where
                     return false;
                 }
                 terminated = track(state, tag, &mut now);
-                true
+                !(terminated && state.keeps())
             }),
         };
         if !batch.is_empty() {
@@ -750,9 +812,12 @@ where
             _ = &mut deadline, if draining => return End::Drained,
         }
         let mut now = None;
-        let mut answered = |tag: u8| {
+        let mut answered = |tag: u8, body: &[u8]| {
             round_trip.saw(tag);
             if tag == b'Z' {
+                if let Some(&status) = body.first() {
+                    state.status.store(status, Ordering::Release);
+                }
                 // Saturating: a ReadyForQuery we did not count never underflows.
                 let _ = state.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                     Some(n.saturating_sub(1))
@@ -769,10 +834,10 @@ where
                     Err(_) => return End::Upstream(ClientError::upstream_protocol_violation()),
                 };
                 match back.handle(&msg, &state.queue, &mut out) {
-                    Ok(Answer::Relayed) => answered(msg.tag),
+                    Ok(Answer::Relayed) => answered(msg.tag, msg.body()),
                     // DDL committed: the next statement must see the new catalog.
                     Ok(Answer::RefreshCatalog) => {
-                        answered(msg.tag);
+                        answered(msg.tag, msg.body());
                         back.refresh_catalog().await;
                     }
                     // The answer to the proxy's own Sync: no statement of the
@@ -808,13 +873,13 @@ where
             (Some(a), Some(t)) => {
                 let mut answers = a.batch(t);
                 framer.split_batch(|tag, body| {
-                    answered(tag);
+                    answered(tag, body);
                     answers.message(tag, body);
                     true
                 })
             }
-            _ => framer.split_batch(|tag, _| {
-                answered(tag);
+            _ => framer.split_batch(|tag, body| {
+                answered(tag, body);
                 true
             }),
         };

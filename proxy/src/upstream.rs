@@ -1,5 +1,6 @@
 //! Connections to Postgres: TCP, then TLS as `upstream.tls` says ([`tls`]).
 
+pub mod reuse;
 pub mod tls;
 
 use std::io;

@@ -1,0 +1,262 @@
+//! Server connections kept for later clients (`upstream.reuse_idle`).
+//!
+//! pgwarden relays authentication (DESIGN.md): Postgres decides who logs in,
+//! and the proxy never holds what would let it check a client itself. So it
+//! hands a client a connection another client opened only when Postgres
+//! admitted that login without asking the client for anything (trust, or
+//! `cert`/`ident` of the proxy's own connection): any client sending the same
+//! startup packet through the proxy would be admitted the same way on a new
+//! connection, so reuse changes nothing Postgres decides. A login that
+//! answered a challenge (password, md5, SCRAM) is never kept.
+//!
+//! A connection is kept when its client sent Terminate with no statement
+//! running and no transaction open. `DISCARD ALL` (PgBouncer's
+//! `server_reset_query`) then resets it: settings back to the startup
+//! packet's, prepared statements, portals, temporary tables, advisory locks,
+//! LISTENs and `SET ROLE` gone. Connections are kept by their whole startup
+//! packet (user, database and every parameter, which are what `RESET ALL`
+//! returns to), the next client with the same packet is sent Postgres' own
+//! ParameterStatus values as they stand after the reset, and a key of the
+//! proxy's own for cancelling. Closed (with Terminate): a kept connection
+//! unused for `reuse_idle_timeout`, one older than `reuse_lifetime`, one that
+//! Postgres closed or spoke on while idle, all of them at shutdown.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use tokio::io::AsyncWriteExt;
+
+use super::{UpstreamRead, UpstreamWrite};
+use crate::cancel::UpstreamKey;
+use crate::protocol::{self, Fill, Framer};
+
+/// How long `DISCARD ALL` may take before the connection is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time allowed to send a closing connection its Terminate.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A server connection between clients.
+pub struct Kept {
+    pub rd: UpstreamRead,
+    pub wr: UpstreamWrite,
+    /// What was read from Postgres and not yet handled.
+    pub framer: Framer,
+    pub login: Login,
+}
+
+/// What a reusable login's next client must be told, and when it expires.
+pub struct Login {
+    /// The startup packet it was opened with: the key it is kept under.
+    pub startup: Bytes,
+    /// ParameterStatus messages, whole, in the order Postgres first sent them.
+    pub params: Vec<Bytes>,
+    /// Postgres' cancel key for it.
+    pub key: UpstreamKey,
+    pub opened: Instant,
+}
+
+impl Login {
+    /// Replaces the ParameterStatus of the same name, or adds `frame`.
+    fn set_param(&mut self, frame: Bytes) {
+        let name = |f: &[u8]| {
+            let body = f.get(5..).unwrap_or_default();
+            body.iter().position(|&b| b == 0).map(|end| body[..end].to_vec())
+        };
+        let new = name(&frame);
+        match self.params.iter_mut().find(|p| name(p) == new) {
+            Some(p) => *p = frame,
+            None => self.params.push(frame),
+        }
+    }
+
+    /// AuthenticationOk, the parameters, `key_data` and ReadyForQuery (idle):
+    /// what a client of a kept connection is sent in place of its login.
+    pub fn greeting(&self, key_data: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&protocol::frame(b'R', &0u32.to_be_bytes()));
+        for p in &self.params {
+            out.extend_from_slice(p);
+        }
+        out.extend_from_slice(key_data);
+        out.extend_from_slice(&protocol::frame(b'Z', b"I"));
+        out
+    }
+}
+
+struct Idle {
+    conn: Kept,
+    since: Instant,
+}
+
+/// The kept connections.
+pub struct Reuse {
+    max_idle: usize,
+    idle_timeout: Duration,
+    lifetime: Duration,
+    idle: Mutex<HashMap<Bytes, Vec<Idle>>>,
+    /// Kept connections, over all startup packets.
+    count: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Reuse {
+    /// `None` when `upstream.reuse_idle` is 0.
+    pub fn new(c: &pgwarden_config::Upstream) -> Option<Self> {
+        (c.reuse_idle > 0).then(|| Self {
+            max_idle: c.reuse_idle as usize,
+            idle_timeout: c.reuse_idle_timeout.get(),
+            lifetime: c.reuse_lifetime.get(),
+            idle: Mutex::default(),
+            count: Default::default(),
+            closed: Default::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expired(&self, idle: &Idle, now: Instant) -> bool {
+        now.duration_since(idle.since) >= self.idle_timeout
+            || now.duration_since(idle.conn.login.opened) >= self.lifetime
+    }
+
+    /// A kept connection for `startup`, the most recently kept first. Ones
+    /// that expired, or that Postgres closed or sent anything on while idle
+    /// (a termination's FATAL, a late notice), are closed instead.
+    pub async fn take(&self, startup: &[u8]) -> Option<Kept> {
+        loop {
+            let now = Instant::now();
+            let idle = {
+                let mut map = self.lock();
+                let list = map.get_mut(startup)?;
+                let idle = list.pop();
+                if list.is_empty() {
+                    map.remove(startup);
+                }
+                idle?
+            };
+            self.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let expired = self.expired(&idle, now);
+            let mut conn = idle.conn;
+            // Idle means silent: anything buffered or readable now is not
+            // for the next client.
+            let silent =
+                conn.framer.is_empty() && conn.framer.fill(&mut conn.rd).now_or_never().is_none();
+            if silent && !expired {
+                return Some(conn);
+            }
+            close(conn).await;
+        }
+    }
+
+    /// Resets `conn` with `DISCARD ALL` and keeps it, or closes it when it
+    /// cannot be kept (full, expired, shutting down, the reset failed).
+    pub async fn keep(&self, mut conn: Kept) {
+        use std::sync::atomic::Ordering;
+        let young = conn.login.opened.elapsed() < self.lifetime;
+        if !young || self.closed.load(Ordering::Relaxed) {
+            return close(conn).await;
+        }
+        match tokio::time::timeout(RESET_TIMEOUT, reset(&mut conn)).await {
+            Ok(true) => {}
+            _ => return close(conn).await,
+        }
+        let full = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_idle).then_some(n + 1)
+            })
+            .is_err();
+        if full || self.closed.load(Ordering::Relaxed) {
+            if !full {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            return close(conn).await;
+        }
+        let key = conn.login.startup.clone();
+        self.lock().entry(key).or_default().push(Idle { conn, since: Instant::now() });
+    }
+
+    /// Closes the expired connections; run every second by the listener.
+    pub async fn sweep(&self) {
+        let now = Instant::now();
+        let stale: Vec<Kept> = {
+            let mut map = self.lock();
+            let mut stale = vec![];
+            for list in map.values_mut() {
+                let (old, fresh): (Vec<Idle>, Vec<Idle>) =
+                    list.drain(..).partition(|i| self.expired(i, now));
+                *list = fresh;
+                stale.extend(old.into_iter().map(|i| i.conn));
+            }
+            map.retain(|_, list| !list.is_empty());
+            stale
+        };
+        self.count.fetch_sub(stale.len(), std::sync::atomic::Ordering::Relaxed);
+        for conn in stale {
+            close(conn).await;
+        }
+    }
+
+    /// Closes every kept connection and keeps no more: shutdown.
+    pub async fn close_all(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        let all: Vec<Kept> =
+            self.lock().drain().flat_map(|(_, list)| list.into_iter().map(|i| i.conn)).collect();
+        self.count.fetch_sub(all.len(), std::sync::atomic::Ordering::Relaxed);
+        for conn in all {
+            close(conn).await;
+        }
+    }
+
+    /// Connections kept now.
+    pub fn len(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `DISCARD ALL`, read to its ReadyForQuery: true when it succeeded and the
+/// connection is idle outside a transaction. ParameterStatus messages it
+/// brings (settings returning to their startup values) update the login's.
+async fn reset(conn: &mut Kept) -> bool {
+    let mut query = BytesMut::new();
+    query.extend_from_slice(&protocol::frame(b'Q', b"DISCARD ALL\0"));
+    if conn.wr.write_all(&query).await.is_err() {
+        return false;
+    }
+    let mut ok = false;
+    loop {
+        match conn.framer.fill(&mut conn.rd).await {
+            Ok(Ok(Fill::Ready)) => {}
+            _ => return false,
+        }
+        while let Ok(Some(msg)) = conn.framer.next_message() {
+            match msg.tag {
+                b'C' => ok = msg.body().starts_with(b"DISCARD ALL\0"),
+                b'S' => conn.login.set_param(msg.frame),
+                b'Z' => return ok && msg.body() == b"I" && conn.framer.is_empty(),
+                // A notice or a late notification is dropped; an error fails.
+                b'N' | b'A' => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// Sends Terminate and drops the connection.
+async fn close(mut conn: Kept) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = conn.wr.write_all(&protocol::terminate()).await;
+        let _ = conn.wr.shutdown().await;
+    })
+    .await;
+}
