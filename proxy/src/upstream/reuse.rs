@@ -97,10 +97,32 @@ pub struct Reuse {
     max_idle: usize,
     idle_timeout: Duration,
     lifetime: Duration,
-    idle: Mutex<HashMap<Bytes, Vec<Idle>>>,
-    /// Kept connections, over all startup packets.
-    count: std::sync::atomic::AtomicUsize,
-    closed: std::sync::atomic::AtomicBool,
+    idle: Mutex<Pool>,
+}
+
+#[derive(Default)]
+struct Pool {
+    /// By startup packet, the most recently kept last.
+    lists: HashMap<Bytes, Vec<Idle>>,
+    /// Connections in `lists`.
+    count: usize,
+    /// Shutting down: nothing more is kept.
+    closed: bool,
+}
+
+impl Pool {
+    /// Takes out every connection `stale` says so of.
+    fn remove_if(&mut self, mut stale: impl FnMut(&Idle) -> bool) -> Vec<Kept> {
+        let mut out = vec![];
+        for list in self.lists.values_mut() {
+            let (old, fresh): (Vec<Idle>, Vec<Idle>) = list.drain(..).partition(&mut stale);
+            *list = fresh;
+            out.extend(old.into_iter().map(|i| i.conn));
+        }
+        self.lists.retain(|_, list| !list.is_empty());
+        self.count -= out.len();
+        out
+    }
 }
 
 impl Reuse {
@@ -111,12 +133,10 @@ impl Reuse {
             idle_timeout: c.reuse_idle_timeout.get(),
             lifetime: c.reuse_lifetime.get(),
             idle: Mutex::default(),
-            count: Default::default(),
-            closed: Default::default(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -130,18 +150,18 @@ impl Reuse {
     /// (a termination's FATAL, a late notice), are closed instead.
     pub async fn take(&self, startup: &[u8]) -> Option<Kept> {
         loop {
-            let now = Instant::now();
             let idle = {
-                let mut map = self.lock();
-                let list = map.get_mut(startup)?;
+                let mut pool = self.lock();
+                let list = pool.lists.get_mut(startup)?;
                 let idle = list.pop();
                 if list.is_empty() {
-                    map.remove(startup);
+                    pool.lists.remove(startup);
                 }
-                idle?
+                let idle = idle?;
+                pool.count -= 1;
+                idle
             };
-            self.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            let expired = self.expired(&idle, now);
+            let expired = self.expired(&idle, Instant::now());
             let mut conn = idle.conn;
             // Idle means silent: anything buffered or readable now is not
             // for the next client.
@@ -155,49 +175,35 @@ impl Reuse {
     }
 
     /// Resets `conn` with `DISCARD ALL` and keeps it, or closes it when it
-    /// cannot be kept (full, expired, shutting down, the reset failed).
+    /// cannot be kept (too old, the reset failed, `reuse_idle` kept already,
+    /// shutting down).
     pub async fn keep(&self, mut conn: Kept) {
-        use std::sync::atomic::Ordering;
-        let young = conn.login.opened.elapsed() < self.lifetime;
-        if !young || self.closed.load(Ordering::Relaxed) {
+        if conn.login.opened.elapsed() >= self.lifetime {
             return close(conn).await;
         }
-        match tokio::time::timeout(RESET_TIMEOUT, reset(&mut conn)).await {
-            Ok(true) => {}
-            _ => return close(conn).await,
+        if !matches!(tokio::time::timeout(RESET_TIMEOUT, reset(&mut conn)).await, Ok(true)) {
+            return close(conn).await;
         }
-        let full = self
-            .count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_idle).then_some(n + 1)
-            })
-            .is_err();
-        if full || self.closed.load(Ordering::Relaxed) {
-            if !full {
-                self.count.fetch_sub(1, Ordering::Relaxed);
+        let refused = {
+            let mut pool = self.lock();
+            if pool.closed || pool.count >= self.max_idle {
+                Some(conn)
+            } else {
+                pool.count += 1;
+                let key = conn.login.startup.clone();
+                pool.lists.entry(key).or_default().push(Idle { conn, since: Instant::now() });
+                None
             }
-            return close(conn).await;
+        };
+        if let Some(conn) = refused {
+            close(conn).await;
         }
-        let key = conn.login.startup.clone();
-        self.lock().entry(key).or_default().push(Idle { conn, since: Instant::now() });
     }
 
     /// Closes the expired connections; run every second by the listener.
     pub async fn sweep(&self) {
         let now = Instant::now();
-        let stale: Vec<Kept> = {
-            let mut map = self.lock();
-            let mut stale = vec![];
-            for list in map.values_mut() {
-                let (old, fresh): (Vec<Idle>, Vec<Idle>) =
-                    list.drain(..).partition(|i| self.expired(i, now));
-                *list = fresh;
-                stale.extend(old.into_iter().map(|i| i.conn));
-            }
-            map.retain(|_, list| !list.is_empty());
-            stale
-        };
-        self.count.fetch_sub(stale.len(), std::sync::atomic::Ordering::Relaxed);
+        let stale = self.lock().remove_if(|i| self.expired(i, now));
         for conn in stale {
             close(conn).await;
         }
@@ -205,10 +211,11 @@ impl Reuse {
 
     /// Closes every kept connection and keeps no more: shutdown.
     pub async fn close_all(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
-        let all: Vec<Kept> =
-            self.lock().drain().flat_map(|(_, list)| list.into_iter().map(|i| i.conn)).collect();
-        self.count.fetch_sub(all.len(), std::sync::atomic::Ordering::Relaxed);
+        let all = {
+            let mut pool = self.lock();
+            pool.closed = true;
+            pool.remove_if(|_| true)
+        };
         for conn in all {
             close(conn).await;
         }
@@ -216,7 +223,7 @@ impl Reuse {
 
     /// Connections kept now.
     pub fn len(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::Relaxed)
+        self.lock().count
     }
 
     pub fn is_empty(&self) -> bool {
