@@ -573,3 +573,59 @@ async fn with_auditor(dir: &Path) -> (pgwarden_integration::Cluster, Config) {
     audit_to(&mut config, dir);
     (pg, config)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_before_or_after_their_startup_are_audited_as_denied() {
+    use pgwarden_integration::wire::{self, Wire};
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = TestEnv::start_with(|c| {
+        audit_to(c, dir.path());
+        c.listen.max_connections = 2;
+        c.listen.handshake_timeout = pgwarden_config::DurationValue::from_secs(1);
+        c.listen.idle_timeout = pgwarden_config::DurationValue::from_secs(1);
+    })
+    .await;
+    let user = pgwarden_integration::roles::TRUST;
+    // A startup packet of a length no client sends: a protocol error.
+    let mut garbage = tokio::net::TcpStream::connect(env.proxy_addr).await.unwrap();
+    garbage.write_all(&[0, 0, 0, 3, 1, 2, 3, 4]).await.unwrap();
+    // Nothing at all: the handshake timeout.
+    let silent = tokio::net::TcpStream::connect(env.proxy_addr).await.unwrap();
+    let mut silent = Wire::from_stream(silent);
+    assert!(silent.until_eof().await.iter().any(|m| m.tag == b'E'));
+    let mut garbage = Wire::from_stream(garbage);
+    garbage.until_eof().await;
+    assert_eq!(env.wait_for_no_connections(std::time::Duration::from_secs(10)).await, 0);
+    // Two sessions fill listen.max_connections; a third is refused.
+    let (mut one, _) = Wire::startup(env.proxy_addr, user, "postgres").await;
+    let (mut two, _) = Wire::startup(env.proxy_addr, user, "postgres").await;
+    let mut third = Wire::connect(env.proxy_addr).await;
+    third.send(&wire::startup(&[("user", user), ("database", "postgres")])).await;
+    let refused = third.until_eof().await;
+    assert_eq!(refused.first().and_then(|m| m.sqlstate()).as_deref(), Some("53300"));
+    // An idle session is cut by the idle timeout.
+    let cut = two.until_eof().await;
+    assert_eq!(cut.first().and_then(|m| m.sqlstate()).as_deref(), Some("57P05"), "{cut:?}");
+    let cut = one.until_eof().await;
+    assert_eq!(cut.first().and_then(|m| m.sqlstate()).as_deref(), Some("57P05"), "{cut:?}");
+    env.shutdown().await.unwrap();
+
+    let (files, recs, _) = records(dir.path());
+    let denied: Vec<&Value> = recs.iter().filter(|r| r["event"] == "denied").collect();
+    let reason = |r: &Value| r["reason"].as_str().unwrap().to_string();
+    let mut reasons: Vec<String> = denied.iter().map(|r| reason(r)).collect();
+    reasons.sort();
+    let want = ["capacity", "handshake_timeout", "idle_timeout", "idle_timeout", "protocol"];
+    assert_eq!(reasons, want, "{denied:?}");
+    for r in &denied {
+        assert_eq!(r["outcome"], "denied");
+        assert!(r["client_addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+        match reason(r).as_str() {
+            "protocol" | "handshake_timeout" => assert!(r["user"].is_null(), "{r}"),
+            _ => assert_eq!(r["user"], user, "{r}"),
+        }
+    }
+    let out = verify(&files);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

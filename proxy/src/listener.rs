@@ -17,7 +17,7 @@ use crate::admin::AdminServer;
 use crate::cancel::CancelMap;
 use crate::error::ClientError;
 use crate::handshake::{self, Opening};
-use crate::metrics::{ConnectionOutcome, Metrics};
+use crate::metrics::{ConnectionOutcome, Denial, Metrics};
 use crate::policy::{Lockouts, RateLimits, UserSlots};
 use crate::session;
 use crate::upstream::UpstreamTarget;
@@ -298,7 +298,7 @@ impl Proxy {
                 tracing::warn!(%peer, "connection refused: listen.max_connections reached");
                 let shared = self.shared.clone();
                 self.tracker.spawn(async move {
-                    let outcome = refuse(socket, &shared.cancels).await;
+                    let outcome = refuse(socket, peer, &shared).await;
                     shared.metrics.connection_ended(outcome);
                     drop(permit);
                 });
@@ -357,20 +357,26 @@ async fn bind_admin(config: &Config) -> std::io::Result<Option<AdminServer>> {
 /// Answers a connection over the cap with 53300 once its startup packet arrives
 /// (libpq reads errors only after sending it). A CancelRequest is still served:
 /// a full proxy must still be able to cancel the statements filling it.
-async fn refuse(mut socket: TcpStream, cancels: &CancelMap) -> ConnectionOutcome {
+async fn refuse(mut socket: TcpStream, peer: SocketAddr, shared: &Shared) -> ConnectionOutcome {
     let (mut rd, mut wr) = socket.split();
     let opening = tokio::time::timeout(
         REFUSAL_TIMEOUT,
-        handshake::read_opening(&mut rd, &mut wr, cancels, None),
+        handshake::read_opening(&mut rd, &mut wr, &shared.cancels, None),
     )
     .await;
     let outcome = match opening {
         Ok(Ok(Opening::Cancel)) => ConnectionOutcome::CancelRequest,
-        Ok(Ok(Opening::Startup(_))) => {
+        Ok(Ok(Opening::Startup(startup))) => {
             let _ = wr.write_all(&ClientError::too_many_connections().to_message()).await;
+            let id = format!("{:016x}", rand::random::<u64>());
+            session::audit_refusal(shared, id, peer, Some(&startup), Denial::Capacity).await;
             ConnectionOutcome::RefusedCapacity
         }
-        _ => ConnectionOutcome::RefusedCapacity,
+        _ => {
+            let id = format!("{:016x}", rand::random::<u64>());
+            session::audit_refusal(shared, id, peer, None, Denial::Capacity).await;
+            ConnectionOutcome::RefusedCapacity
+        }
     };
     let _ = wr.shutdown().await;
     outcome

@@ -80,6 +80,21 @@ label_enum! {
     }
 }
 
+impl ConnectionOutcome {
+    /// The denial a connection ending so counts as, for the outcomes that
+    /// are pgwarden cutting the client (policy refusals are counted where
+    /// they are decided, with their own reason).
+    pub fn denial(self) -> Option<Denial> {
+        match self {
+            ConnectionOutcome::ProtocolError => Some(Denial::Protocol),
+            ConnectionOutcome::RefusedCapacity => Some(Denial::Capacity),
+            ConnectionOutcome::HandshakeTimeout => Some(Denial::HandshakeTimeout),
+            ConnectionOutcome::IdleTimeout => Some(Denial::IdleTimeout),
+            _ => None,
+        }
+    }
+}
+
 label_enum! {
     /// Which protocol a statement came through: `pgwarden_statements_total{kind}`.
     StatementKind {
@@ -474,13 +489,11 @@ impl Metrics {
         if let Some(c) = self.connections.get(outcome as usize) {
             c.inc();
         }
-        match outcome {
-            ConnectionOutcome::AuthFailed => self.auth_failures.inc(),
-            ConnectionOutcome::ProtocolError => self.denied(Denial::Protocol),
-            ConnectionOutcome::RefusedCapacity => self.denied(Denial::Capacity),
-            ConnectionOutcome::HandshakeTimeout => self.denied(Denial::HandshakeTimeout),
-            ConnectionOutcome::IdleTimeout => self.denied(Denial::IdleTimeout),
-            _ => {}
+        if outcome == ConnectionOutcome::AuthFailed {
+            self.auth_failures.inc();
+        }
+        if let Some(why) = outcome.denial() {
+            self.denied(why);
         }
     }
 

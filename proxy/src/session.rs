@@ -134,12 +134,18 @@ async fn serve_in_span(
                     }
                     Ok(Err(e)) => {
                         tracing::info!(error = %e, "TLS handshake failed");
-                        if let Some(why) = handshake_refusal(&e) {
-                            refused_handshake(&shared, id, peer, why).await;
+                        let why = handshake_refusal(&e);
+                        if let Some(why) = why {
+                            shared.metrics.denied(why);
                         }
+                        let why = why.unwrap_or(Denial::Protocol);
+                        audit_refusal(&shared, id, peer, None, why).await;
                         shared.metrics.connection_ended(ConnectionOutcome::ProtocolError);
                     }
-                    Err(_) => shared.metrics.connection_ended(ConnectionOutcome::HandshakeTimeout),
+                    Err(_) => {
+                        audit_refusal(&shared, id, peer, None, Denial::HandshakeTimeout).await;
+                        shared.metrics.connection_ended(ConnectionOutcome::HandshakeTimeout);
+                    }
                 }
                 return;
             }
@@ -147,10 +153,12 @@ async fn serve_in_span(
             Ok(Ok(None)) => return shared.metrics.connection_ended(ConnectionOutcome::Abandoned),
             Ok(Err(e)) => {
                 let _ = client.write_all(&e.to_message()).await;
+                audit_refusal(&shared, id, peer, None, Denial::Protocol).await;
                 return shared.metrics.connection_ended(ConnectionOutcome::ProtocolError);
             }
             Err(_) => {
                 let _ = client.write_all(&ClientError::handshake_timeout().to_message()).await;
+                audit_refusal(&shared, id, peer, None, Denial::HandshakeTimeout).await;
                 return shared.metrics.connection_ended(ConnectionOutcome::HandshakeTimeout);
             }
         }
@@ -173,17 +181,26 @@ fn handshake_refusal(e: &std::io::Error) -> Option<Denial> {
     }
 }
 
-/// Counts and audits a client refused during its TLS handshake. Its role is
-/// not known yet (the startup packet comes after the handshake): the record
-/// names the client's address only.
-async fn refused_handshake(shared: &Shared, id: String, peer: SocketAddr, why: Denial) {
-    shared.metrics.denied(why);
+/// Audits a client refused before it had a session: in its TLS handshake,
+/// for a malformed or missing startup packet, at `listen.max_connections`.
+/// Without a startup packet its role is not known: the record names the
+/// client's address only.
+pub(crate) async fn audit_refusal(
+    shared: &Shared,
+    id: String,
+    peer: SocketAddr,
+    startup: Option<&protocol::Startup>,
+    why: Denial,
+) {
     if let Some(a) = &shared.audit {
         let who = Arc::new(SessionInfo {
             id,
-            user: String::new(),
-            database: String::new(),
-            application: String::new(),
+            user: startup.map(|s| s.user().to_string()).unwrap_or_default(),
+            database: startup.map(|s| s.database().to_string()).unwrap_or_default(),
+            application: startup
+                .and_then(|s| s.param("application_name"))
+                .unwrap_or_default()
+                .to_string(),
             client_addr: peer.to_string(),
             tls: false,
             json: Default::default(),
@@ -408,11 +425,17 @@ where
                         a.record(r.reason(d.as_str())).await;
                     } else if matches!(end, End::AuthFailed { .. }) {
                         a.record(Record::new(Event::AuthFailed, Some(who.clone()), "error")).await;
+                    } else if let Some(d) = outcome.denial() {
+                        let r = Record::new(Event::Denied, Some(who.clone()), "denied");
+                        a.record(r.reason(d.as_str())).await;
                     }
                     let mut r =
                         Record::new(Event::Disconnect, Some(who), "ok").reason(outcome.as_str());
                     r.duration_us = Some(micros(began));
                     a.record(r).await;
+                } else if let Some(d) = outcome.denial() {
+                    // No startup packet came (or it was malformed): no role.
+                    audit_refusal(shared, id.clone(), peer, None, d).await;
                 }
                 return (end, outcome);
             }
@@ -481,6 +504,9 @@ where
     flush_records(state.tracker.as_ref(), server_side.as_mut().map(|a| &mut a.records)).await;
     let outcome = outcome(&end, true);
     if let Some(t) = &state.tracker {
+        if let Some(d) = outcome.denial() {
+            t.auditor.record(t.record(Event::Denied, "denied").reason(d.as_str())).await;
+        }
         let mut r = t.record(Event::Disconnect, "ok").reason(outcome.as_str());
         r.duration_us = Some(micros(began));
         t.auditor.record(r).await;
