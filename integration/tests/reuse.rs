@@ -255,3 +255,45 @@ async fn without_reuse_idle_every_client_gets_its_own_connection() {
     assert_eq!(env.handle.kept_connections(), 0);
     assert_eq!(metric(&env, "pgwarden_upstream_reused_total").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_serves_the_encryption_pipeline_as_a_new_one() {
+    use pgwarden_integration::{copy_out, encrypted};
+    let (pg, mut config, _dir) = encrypted::prepare(
+        "CREATE TABLE people (id int PRIMARY KEY, ssn bytea); GRANT ALL ON people TO PUBLIC;",
+        "[[columns]]\nname = \"public.people.ssn\"\ntype = \"text\"\nmode = \"deterministic\"\n\
+         key = \"pii\"\n\n[access]\ndefault = \"full\"\n",
+    )
+    .await;
+    encrypted::init(&pg, &config).await;
+    config.upstream.reuse_idle = 2;
+    let env = TestEnv::start_on(pg, config).await;
+    let url = env.proxy_url(roles::TRUST, "postgres");
+
+    let first = connect(&url).await;
+    let first_pid = pid(&first).await;
+    let insert = first.prepare("INSERT INTO people (id, ssn) VALUES ($1, $2)").await.unwrap();
+    first.execute(&insert, &[&1i32, &"123-45-6789"]).await.unwrap();
+    let copied = copy_out(&first, "COPY people TO STDOUT").await;
+    assert_eq!(copied, b"1\t123-45-6789\n");
+    drop(first);
+    assert_eq!(wait_kept(&env, 1).await, 1);
+
+    let second = connect(&url).await;
+    assert_eq!(pid(&second).await, first_pid, "not reused");
+    let insert = second.prepare("INSERT INTO people (id, ssn) VALUES ($1, $2)").await.unwrap();
+    second.execute(&insert, &[&2i32, &"987-65-4321"]).await.unwrap();
+    let rows =
+        second.query("SELECT id, ssn FROM people WHERE ssn = $1", &[&"987-65-4321"]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(1), "987-65-4321");
+    assert_eq!(
+        copy_out(&second, "COPY people TO STDOUT").await,
+        b"1\t123-45-6789\n2\t987-65-4321\n"
+    );
+    // Postgres holds envelopes only.
+    let direct = env.direct_client().await;
+    let stored: Vec<u8> =
+        direct.query_one("SELECT ssn FROM people WHERE id = 2", &[]).await.unwrap().get(0);
+    assert!(stored.starts_with(b"PW"), "{stored:?}");
+}
