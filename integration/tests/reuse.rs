@@ -31,6 +31,11 @@ async fn pid(c: &tokio_postgres::Client) -> i32 {
     c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
 }
 
+/// The backend pid of a session that connects to `url` and ends (Terminate).
+async fn session_pid(url: &str) -> i32 {
+    pid(&connect(url).await).await
+}
+
 async fn backend_alive(env: &TestEnv, pid: i32) -> bool {
     let direct = env.direct_client().await;
     let n: i64 = direct
@@ -155,18 +160,14 @@ async fn password_logins_open_transactions_and_other_startups_never_share_a_conn
     let env = reusing(4, |_| {}).await;
     // SCRAM: Postgres checked this client's password; the next must be checked too.
     let scram = env.proxy_url(roles::SCRAM, "postgres");
-    let c = connect(&scram).await;
-    let scram_pid = pid(&c).await;
-    drop(c);
+    let scram_pid = session_pid(&scram).await;
     assert!(wait_gone(&env, scram_pid).await, "the SCRAM login's backend stayed");
     let c = connect(&scram).await;
     assert_ne!(pid(&c).await, scram_pid);
     drop(c);
     // md5 too.
     let md5 = env.proxy_url(roles::MD5, "postgres");
-    let c = connect(&md5).await;
-    let md5_pid = pid(&c).await;
-    drop(c);
+    let md5_pid = session_pid(&md5).await;
     assert!(wait_gone(&env, md5_pid).await, "the md5 login's backend stayed");
 
     // A transaction left open is not handed on.
@@ -187,9 +188,7 @@ async fn password_logins_open_transactions_and_other_startups_never_share_a_conn
 
     // A connection is kept for its own startup packet only.
     let named = format!("{trust}&application_name=other");
-    let c = connect(&named).await;
-    let named_pid = pid(&c).await;
-    drop(c);
+    let named_pid = session_pid(&named).await;
     assert_eq!(wait_kept(&env, 1).await, 1);
     let c = connect(&trust).await;
     assert_ne!(pid(&c).await, named_pid, "another startup packet's connection was handed on");
@@ -208,9 +207,7 @@ async fn kept_connections_that_died_expired_or_outlived_the_proxy_are_closed() {
     let url = env.proxy_url(roles::TRUST, "postgres");
 
     // Terminated by Postgres while kept: the next client gets a new one.
-    let c = connect(&url).await;
-    let dead = pid(&c).await;
-    drop(c);
+    let dead = session_pid(&url).await;
     assert_eq!(wait_kept(&env, 1).await, 1);
     let direct = env.direct_client().await;
     direct.execute("SELECT pg_terminate_backend($1)", &[&dead]).await.unwrap();
@@ -246,9 +243,7 @@ async fn kept_connections_that_died_expired_or_outlived_the_proxy_are_closed() {
 async fn without_reuse_idle_every_client_gets_its_own_connection() {
     let env = reusing(0, |_| {}).await;
     let url = env.proxy_url(roles::TRUST, "postgres");
-    let c = connect(&url).await;
-    let first = pid(&c).await;
-    drop(c);
+    let first = session_pid(&url).await;
     assert!(wait_gone(&env, first).await);
     let c = connect(&url).await;
     assert_ne!(pid(&c).await, first);

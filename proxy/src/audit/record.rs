@@ -259,7 +259,9 @@ fn field_list(out: &mut String, name: &str, values: &[String]) {
 pub(super) fn write_timestamp(ts: SystemTime, out: &mut String) {
     let since = ts.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let (year, month, day) = crate::crypto::codec::datetime::civil_from_unix_days(days);
+    let [year, month, day] = [year, month, day].map(|v| u64::try_from(v).unwrap_or(0));
     let in_day = secs % 86_400;
     let mut b = *b"0000-00-00T00:00:00.000000Z";
     let mut put = |at: usize, width: usize, mut v: u64| {
@@ -277,21 +279,6 @@ pub(super) fn write_timestamp(ts: SystemTime, out: &mut String) {
     put(20, 6, u64::from(since.subsec_micros()));
     // Only ASCII digits were written into an ASCII template.
     out.push_str(std::str::from_utf8(&b).unwrap_or("1970-01-01T00:00:00.000000Z"));
-}
-
-/// (year, month, day) of the proleptic Gregorian calendar for a count of
-/// days since 1970-01-01 (H. Hinnant's `civil_from_days`, for days ≥ 0).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A JSON string literal.

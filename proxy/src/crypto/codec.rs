@@ -34,7 +34,7 @@
 
 use std::borrow::Cow;
 
-mod datetime;
+pub(crate) mod datetime;
 mod float;
 mod json;
 mod numeric;

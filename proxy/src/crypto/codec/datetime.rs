@@ -340,6 +340,12 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468 - UNIX_TO_PG_DAYS
 }
 
+/// (year, month, day) of a count of days since 1970-01-01: what the audit
+/// log's timestamps are written from.
+pub(crate) fn civil_from_unix_days(days: i64) -> (i64, i64, i64) {
+    civil_from_days(days - UNIX_TO_PG_DAYS)
+}
+
 /// The inverse of [`days_from_civil`]: (astronomical year, month, day).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + UNIX_TO_PG_DAYS + 719_468;
