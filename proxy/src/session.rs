@@ -420,14 +420,13 @@ where
             Err((end, outcome)) => {
                 if let (Some(a), Some(who)) = (audit, session_info(&info)) {
                     let why = refused.load(Ordering::Relaxed) as usize;
-                    if let Some(d) = why.checked_sub(1).and_then(|i| Denial::ALL.get(i)) {
+                    // A policy's refusal, or pgwarden cutting the connection.
+                    let denial = why.checked_sub(1).and_then(|i| Denial::ALL.get(i).copied());
+                    if let Some(d) = denial.or_else(|| outcome.denial()) {
                         let r = Record::new(Event::Denied, Some(who.clone()), "denied");
                         a.record(r.reason(d.as_str())).await;
                     } else if matches!(end, End::AuthFailed { .. }) {
                         a.record(Record::new(Event::AuthFailed, Some(who.clone()), "error")).await;
-                    } else if let Some(d) = outcome.denial() {
-                        let r = Record::new(Event::Denied, Some(who.clone()), "denied");
-                        a.record(r.reason(d.as_str())).await;
                     }
                     let mut r =
                         Record::new(Event::Disconnect, Some(who), "ok").reason(outcome.as_str());
@@ -486,16 +485,16 @@ where
     let keep = matches!(end, End::ClientTerminated) && state.kept.load(Ordering::Acquire);
     if let (true, Some(reuse), Some(login)) = (keep, shared.reuse.as_ref(), login) {
         reuse.keep(Kept { rd: urd, wr: uwr, framer: upstream, login }).await;
-    } else if matches!(end, End::ClientGone | End::Client(_) | End::Drained) {
-        if !state.idle() {
-            // Postgres notices a closed socket only when it next writes: a long
-            // statement abandoned by its client would run on. Cancel it.
-            let _ = crate::upstream::send_cancel(&registration.upstream, CANCEL_TIMEOUT).await;
-        }
-        // Let the backend end cleanly instead of logging a lost connection.
-        let _ = uwr.write_all(&crate::protocol::terminate()).await;
-        let _ = uwr.shutdown().await;
     } else {
+        if matches!(end, End::ClientGone | End::Client(_) | End::Drained) {
+            if !state.idle() {
+                // Postgres notices a closed socket only when it next writes: a
+                // long statement abandoned by its client would run on. Cancel it.
+                let _ = crate::upstream::send_cancel(&registration.upstream, CANCEL_TIMEOUT).await;
+            }
+            // Let the backend end cleanly instead of logging a lost connection.
+            let _ = uwr.write_all(&crate::protocol::terminate()).await;
+        }
         let _ = uwr.shutdown().await;
     }
     // Records of finished statements that a loop had gathered but not yet
