@@ -32,6 +32,7 @@ use crate::report::utc_now;
 use crate::runner::{first_line, read_trimmed};
 use crate::warden::{self, Pgwarden};
 
+mod ceiling;
 mod masking;
 mod report;
 
@@ -176,6 +177,13 @@ pub fn run(settings: &Settings) -> Result<()> {
     let results = rt.block_on(measure(settings, &cluster, &pgwarden, &data, &interrupt))?;
     let rows = data.rows.len() as u64;
     let masks = rt.block_on(masking::measure(pgwarden.port, rows, settings.rounds, &interrupt))?;
+    let ceiling = rt.block_on(ceiling::measure(
+        cluster.port(),
+        &cluster.data_dir(),
+        rows,
+        settings.rounds,
+        &interrupt,
+    ))?;
 
     let meta = Meta {
         started_utc: started,
@@ -200,6 +208,9 @@ pub fn run(settings: &Settings) -> Result<()> {
     let masks_json = settings.out_dir.join(format!("encryption-{stamp}-masking.json"));
     std::fs::write(&masks_json, masking::to_json(&masks))
         .with_context(|| format!("writing {}", masks_json.display()))?;
+    let ceiling_json = settings.out_dir.join(format!("encryption-{stamp}-ceiling.json"));
+    std::fs::write(&ceiling_json, ceiling::to_json(&ceiling))
+        .with_context(|| format!("writing {}", ceiling_json.display()))?;
 
     println!();
     println!(
@@ -221,6 +232,10 @@ pub fn run(settings: &Settings) -> Result<()> {
     );
     println!();
     print!("{}", masking::markdown(&masks));
+    println!();
+    println!("Postgres alone loading the same rows (the ceiling of copy-in):");
+    println!();
+    print!("{}", ceiling::markdown(&ceiling));
     println!();
     println!("wrote {}", json.display());
     Ok(())
@@ -340,6 +355,7 @@ async fn measure(
                 }
                 let cpu_before = procs::cpu_seconds(pgwarden.pid(), ticks)?;
                 let pg_before = procs::cpu_seconds(backend, ticks)?;
+                let client_before = procs::cpu_seconds(std::process::id(), ticks)?;
                 let start = Instant::now();
                 let rows = match result.op {
                     Op::CopyIn => copy_in(&client, t, data).await,
@@ -350,6 +366,11 @@ async fn measure(
                 }
                 .with_context(|| format!("{} on table {}", result.op.name(), t.name()))?;
                 let seconds = start.elapsed().as_secs_f64();
+                let client_cpu_s = (result.op != Op::CopyOut)
+                    .then(|| {
+                        procs::cpu_seconds(std::process::id(), ticks).map(|s| s - client_before)
+                    })
+                    .transpose()?;
                 let proxy_cpu_s = procs::cpu_seconds(pgwarden.pid(), ticks)? - cpu_before;
                 let postgres_cpu_s = (result.op != Op::CopyOut)
                     .then(|| procs::cpu_seconds(backend, ticks).map(|s| s - pg_before))
@@ -364,7 +385,7 @@ async fn measure(
                 if result.op.writes() {
                     vacuum(cluster, t)?;
                 }
-                let sample = Sample { seconds, rows, proxy_cpu_s, postgres_cpu_s };
+                let sample = Sample { seconds, rows, proxy_cpu_s, postgres_cpu_s, client_cpu_s };
                 done += 1;
                 eprintln!(
                     "[{done:>2}/{total}] {:<16} {:<9} {:>9.0} rows/s  {:.3} s  pgwarden {:.2} µs CPU/row",

@@ -15,6 +15,9 @@ pub struct Sample {
     /// meanwhile; `None` for COPY TO STDOUT, which psql runs on a backend of
     /// its own.
     pub postgres_cpu_s: Option<f64>,
+    /// CPU seconds the bench process itself (the tokio-postgres client) used
+    /// meanwhile; `None` for COPY TO STDOUT, which psql runs.
+    pub client_cpu_s: Option<f64>,
 }
 
 impl Sample {
@@ -57,6 +60,22 @@ impl OpResults {
         median(self.of(t).iter().filter_map(Sample::postgres_cpu_us_per_row))
     }
 
+    /// CPUs kept busy by pgwarden, the Postgres backend and the client
+    /// together: their CPU time over the wall time, summed over the rounds
+    /// (one round is too short for the 10 ms clock tick); NaN when not
+    /// measured.
+    pub fn cpus_busy(&self, t: Table) -> f64 {
+        let (mut cpu, mut wall) = (0.0, 0.0);
+        for s in self.of(t) {
+            match (s.postgres_cpu_s, s.client_cpu_s) {
+                (Some(pg), Some(client)) => cpu += s.proxy_cpu_s + pg + client,
+                _ => return f64::NAN,
+            }
+            wall += s.seconds;
+        }
+        cpu / wall
+    }
+
     /// Encrypted throughput / plaintext throughput (medians).
     pub fn ratio(&self) -> f64 {
         self.rows_per_second(Table::Encrypted) / self.rows_per_second(Table::Plaintext)
@@ -81,7 +100,7 @@ pub struct Meta {
 
 pub fn text_table(results: &[OpResults]) -> String {
     let mut out = format!(
-        "{:<16} | {:>12} {:>12} | {:>7} | {:>9} {:>9} | {:>9} {:>9}\n{}\n",
+        "{:<16} | {:>12} {:>12} | {:>7} | {:>9} {:>9} | {:>9} {:>9} | {:>6} {:>6}\n{}\n",
         "operation",
         "plain rows/s",
         "enc rows/s",
@@ -90,11 +109,13 @@ pub fn text_table(results: &[OpResults]) -> String {
         "enc cpu",
         "plain pg",
         "enc pg",
-        "-".repeat(99)
+        "plain busy",
+        "enc busy",
+        "-".repeat(115)
     );
     for r in results {
         out.push_str(&format!(
-            "{:<16} | {:>12.0} {:>12.0} | {:>7.3} | {:>9.2} {:>9.2} | {:>9} {:>9}\n",
+            "{:<16} | {:>12.0} {:>12.0} | {:>7.3} | {:>9.2} {:>9.2} | {:>9} {:>9} | {:>10} {:>8}\n",
             r.op.name(),
             r.rows_per_second(Table::Plaintext),
             r.rows_per_second(Table::Encrypted),
@@ -102,12 +123,14 @@ pub fn text_table(results: &[OpResults]) -> String {
             r.cpu_us_per_row(Table::Plaintext),
             r.cpu_us_per_row(Table::Encrypted),
             us(r.postgres_cpu_us_per_row(Table::Plaintext)),
-            us(r.postgres_cpu_us_per_row(Table::Encrypted))
+            us(r.postgres_cpu_us_per_row(Table::Encrypted)),
+            us(r.cpus_busy(Table::Plaintext)),
+            us(r.cpus_busy(Table::Encrypted))
         ));
     }
     out.push_str(
         "rows/s: median over rounds; cpu = pgwarden's CPU time per row in µs (all threads); \
-         pg = the Postgres backend's\n",
+         pg = the Postgres backend's; busy = CPUs kept busy by pgwarden, Postgres and the client\n",
     );
     out
 }
@@ -116,12 +139,13 @@ pub fn markdown_table(results: &[OpResults]) -> String {
     let mut out = String::from(
         "| operation | plaintext rows/s | encrypted rows/s | encrypted / plaintext \
          | pgwarden CPU µs/row, plaintext | pgwarden CPU µs/row, encrypted \
-         | Postgres CPU µs/row, plaintext | Postgres CPU µs/row, encrypted |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+         | Postgres CPU µs/row, plaintext | Postgres CPU µs/row, encrypted \
+         | CPUs busy, plaintext | CPUs busy, encrypted |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.3} | {:.2} | {:.2} | {} | {} |\n",
+            "| {} | {:.0} | {:.0} | {:.3} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
             r.op.describe(),
             r.rows_per_second(Table::Plaintext),
             r.rows_per_second(Table::Encrypted),
@@ -129,7 +153,9 @@ pub fn markdown_table(results: &[OpResults]) -> String {
             r.cpu_us_per_row(Table::Plaintext),
             r.cpu_us_per_row(Table::Encrypted),
             us(r.postgres_cpu_us_per_row(Table::Plaintext)),
-            us(r.postgres_cpu_us_per_row(Table::Encrypted))
+            us(r.postgres_cpu_us_per_row(Table::Encrypted)),
+            us(r.cpus_busy(Table::Plaintext)),
+            us(r.cpus_busy(Table::Encrypted))
         ));
     }
     out
@@ -200,15 +226,17 @@ pub fn to_json(meta: &Meta, results: &[OpResults]) -> String {
                 r.of(t).iter().map(|s| num(f(s))).collect::<Vec<_>>().join(", ")
             };
             out.push_str(&format!(
-                ", {}: {{\"rows_per_second\": {}, \"proxy_cpu_us_per_row\": {}, \"postgres_cpu_us_per_row\": {}, \"rounds_seconds\": [{}], \"rounds_rows_per_second\": [{}], \"rounds_proxy_cpu_s\": [{}], \"rounds_postgres_cpu_s\": [{}]}}",
+                ", {}: {{\"rows_per_second\": {}, \"proxy_cpu_us_per_row\": {}, \"postgres_cpu_us_per_row\": {}, \"cpus_busy\": {}, \"rounds_seconds\": [{}], \"rounds_rows_per_second\": [{}], \"rounds_proxy_cpu_s\": [{}], \"rounds_postgres_cpu_s\": [{}], \"rounds_client_cpu_s\": [{}]}}",
                 js(t.name()),
                 num(r.rows_per_second(t)),
                 num(r.cpu_us_per_row(t)),
                 num(r.postgres_cpu_us_per_row(t)),
+                num(r.cpus_busy(t)),
                 list(|s| s.seconds),
                 list(Sample::rows_per_second),
                 list(|s| s.proxy_cpu_s),
-                list(|s| s.postgres_cpu_s.unwrap_or(f64::NAN))
+                list(|s| s.postgres_cpu_s.unwrap_or(f64::NAN)),
+                list(|s| s.client_cpu_s.unwrap_or(f64::NAN))
             ));
         }
         out.push_str(if i + 1 < results.len() { "},\n" } else { "}\n" });
@@ -227,6 +255,7 @@ mod tests {
             rows: 1000,
             proxy_cpu_s: 0.001,
             postgres_cpu_s: Some(0.002),
+            client_cpu_s: Some(0.003),
         }
     }
 
@@ -245,6 +274,9 @@ mod tests {
         let r = results(Op::CopyIn, &[1000.0, 900.0, 5000.0], &[700.0, 100.0, 800.0]);
         assert!((r.ratio() - 0.7).abs() < 1e-9);
         assert!((r.cpu_us_per_row(Table::Encrypted) - 1.0).abs() < 1e-9);
+        // 0.006 CPU seconds per sample over 1000/700 + 1000/100 + 1000/800 s.
+        let wall = 1000.0 / 700.0 + 1000.0 / 100.0 + 1000.0 / 800.0;
+        assert!((r.cpus_busy(Table::Encrypted) - 3.0 * 0.006 / wall).abs() < 1e-12);
         assert!(verdict(&[r]).contains("copy-in (0.700)"));
         let fast = results(Op::Insert, &[1000.0], &[850.0]);
         assert!(verdict(&[fast]).starts_with("target met"));
