@@ -501,7 +501,9 @@ fn copy_data(payload: &[u8], out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::{DataKey, KeyRow, KeyStatus, LogicalType, MasterKey};
     use crate::sql::CopyDirection;
+    use pgwarden_config::ColumnMode;
 
     fn spec(format: CopyFormat) -> CopySpec {
         let csv = format == CopyFormat::Csv;
@@ -556,5 +558,118 @@ mod tests {
         out.clear();
         put_field(&s, b"", &mut out);
         assert_eq!(out, b"\"\"", "an empty string must not read as NULL");
+    }
+
+    fn column(name: &str, mode: ColumnMode, ty: LogicalType, id: usize) -> Arc<EncryptedColumn> {
+        Arc::new(EncryptedColumn {
+            name: format!("public.t.{name}"),
+            schema: "public".into(),
+            table: "t".into(),
+            column: name.into(),
+            mode,
+            key: "k".into(),
+            logical_type: ty,
+            aad: crate::crypto::envelope::column_aad("public", "t", name),
+            id,
+        })
+    }
+
+    /// Client rows (COPY FROM) and server rows (COPY TO) are untrusted
+    /// bytes: random ones, cut anywhere and in both formats, give rows or a
+    /// refusal with its SQLSTATE, never a panic; a refusal names the column,
+    /// never a value; damaged envelopes do not decrypt.
+    #[test]
+    fn random_and_damaged_rows_are_refused_never_panicked_on() {
+        use rand::{Rng, SeedableRng};
+
+        let master = MasterKey::generate();
+        let key = DataKey::generate();
+        let row = KeyRow {
+            id: 1,
+            name: "k".into(),
+            version: 1,
+            status: KeyStatus::Active,
+            wrapped: key.wrap(&master, "k", 1).unwrap(),
+            fingerprint: Some(key.fingerprint()),
+        };
+        let ring = Keyring::load(&master, [row]).unwrap();
+        let det = column("ssn", ColumnMode::Deterministic, LogicalType::Text, 0);
+        let num = column("n", ColumnMode::Randomized, LogicalType::Int4, 1);
+        let fields = vec![None, Some(det.clone()), Some(num.clone())];
+        let sources: Arc<[(usize, Arc<EncryptedColumn>, Action)]> =
+            Arc::new([(1, det, Action::Decrypt), (2, num, Action::Decrypt)]);
+        // Bytes that mean something to the parsers, and any other byte.
+        const MEANINGFUL: &[u8] = b"\\\t\n\r,\"xN0123456789-.ab";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5057);
+        for format in [CopyFormat::Text, CopyFormat::Csv] {
+            let mut spec_in = spec(format);
+            spec_in.direction = CopyDirection::In(fields.clone());
+            let spec_in = Arc::new(spec_in);
+            let spec_out = Arc::new(spec(format));
+            // One valid row each way, to damage below.
+            let mut good = BytesMut::new();
+            let mut copy =
+                CopyIn::new(spec_in.clone(), 1024, ColumnMetrics::default(), |_| false).unwrap();
+            let plain = if format == CopyFormat::Text {
+                "1\t123-45-6789\t42\n"
+            } else {
+                "1,123-45-6789,42\n"
+            };
+            assert!(copy.data(plain.as_bytes(), &ring, &mut good).is_ok());
+            let stored = good[5..].to_vec();
+            let mut back = BytesMut::new();
+            let mut out = CopyOut::new(spec_out.clone(), sources.clone(), ColumnMetrics::default());
+            out.row(&stored, &ring, &mut back).unwrap();
+            assert_eq!(&back[5..], plain.as_bytes());
+
+            // (COPY FROM rows taken, refused; COPY TO rows refused)
+            let mut seen = [0u32; 3];
+            for round in 0..3000 {
+                let bytes: Vec<u8> = if round % 3 == 0 {
+                    // A stored row with a few bytes changed.
+                    let mut b = stored.clone();
+                    for _ in 0..rng.gen_range(1..4) {
+                        let i = rng.gen_range(0..b.len());
+                        b[i] = MEANINGFUL[rng.gen_range(0..MEANINGFUL.len())];
+                    }
+                    b
+                } else {
+                    let len = rng.gen_range(0..120);
+                    (0..len)
+                        .map(|_| {
+                            if rng.gen_bool(0.8) {
+                                MEANINGFUL[rng.gen_range(0..MEANINGFUL.len())]
+                            } else {
+                                rng.gen()
+                            }
+                        })
+                        .collect()
+                };
+                let mut sink = BytesMut::new();
+                let mut copy =
+                    CopyIn::new(spec_in.clone(), 64, ColumnMetrics::default(), |_| round % 2 == 0)
+                        .unwrap();
+                let step = rng.gen_range(1..40);
+                let fed = bytes
+                    .chunks(step)
+                    .try_for_each(|chunk| copy.data(chunk, &ring, &mut sink))
+                    .and_then(|()| copy.done(&ring, &mut sink));
+                seen[usize::from(fed.is_err())] += 1;
+                if let Err(Refused(code, message)) = fed {
+                    assert!(["22P02", "54000"].contains(&code), "{code}: {message}");
+                    assert!(
+                        message.contains("public.t.") || code == "54000",
+                        "a refusal names its column: {message}"
+                    );
+                }
+                let mut out =
+                    CopyOut::new(spec_out.clone(), sources.clone(), ColumnMetrics::default());
+                if let Err(message) = out.row(&bytes, &ring, &mut sink) {
+                    seen[2] += 1;
+                    assert!(message.starts_with("column public.t."), "{message}");
+                }
+            }
+            assert!(seen.iter().all(|&n| n > 100), "both outcomes, both ways: {seen:?}");
+        }
     }
 }
