@@ -23,7 +23,8 @@
 //! statement does to encrypted columns), [`error`] (the
 //! one place errors become SQLSTATEs for clients), [`cancel`] (cancel-key map),
 //! [`cluster`] (throwaway local Postgres for the demo, tests and benchmarks),
-//! [`crypto`] (envelope, ciphers, keyring, logical-type codecs),
+//! [`crypto`] (envelope, ciphers, keyring, logical-type codecs), [`hex`]
+//! (bytea's hex digits, eight at a time),
 //! [`metrics`] (Prometheus counters, statement timing), [`admin`] (HTTP:
 //! /metrics, /healthz, /readyz),
 //! [`keys`] (the key and column registry in the database), [`catalog`] (table
@@ -42,6 +43,7 @@ pub mod crypto;
 pub mod demo;
 pub mod error;
 pub mod handshake;
+pub mod hex;
 pub mod keys;
 pub mod listener;
 pub mod metrics;

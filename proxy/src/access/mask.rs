@@ -35,11 +35,7 @@ pub fn apply(
         Mask::Redact(t) => out.extend_from_slice(t.as_bytes()),
         Mask::Hash => {
             let Some(digest) = hash(text) else { return false };
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            for b in digest {
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 15)]);
-            }
+            crate::hex::encode_into(&digest, out);
         }
         Mask::Partial { prefix, pad, suffix } => {
             let n = chars();

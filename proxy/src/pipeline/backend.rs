@@ -622,39 +622,12 @@ fn format(code: i16) -> Format {
     Format::from_code(code).unwrap_or(Format::Text)
 }
 
-/// Each byte's value as a hex digit; 0xff for bytes that are not one.
-static HEX: [u8; 256] = {
-    let mut table = [0xff; 256];
-    let mut i = 0;
-    while i < 10 {
-        table[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        table[b'a' as usize + i] = 10 + i as u8;
-        table[b'A' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    table
-};
-
 /// Decodes bytea in its text output (`\x` hex, or the escape format when a
 /// session sets `bytea_output = escape`) into `out`.
 pub(super) fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
     out.clear();
     if let Some(hex) = text.strip_prefix(b"\\x") {
-        if hex.len() % 2 != 0 {
-            return None;
-        }
-        // No branch per byte: a digit that is not one shows in `bad`.
-        let mut bad = 0;
-        out.extend(hex.chunks_exact(2).map(|pair| {
-            let (high, low) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
-            bad |= high | low;
-            high << 4 | low & 0x0f
-        }));
-        return (bad <= 0x0f).then_some(());
+        return crate::hex::decode_into(hex, out);
     }
     let mut rest = text;
     while let Some((&b, tail)) = rest.split_first() {

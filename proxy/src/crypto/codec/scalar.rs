@@ -219,9 +219,7 @@ pub(super) fn bytea_text(input: &[u8]) -> Result<Vec<u8>, Reason> {
 pub(super) fn bytea_hex(bytes: &[u8], out: &mut Vec<u8>) {
     out.reserve(2 + bytes.len() * 2);
     out.extend_from_slice(b"\\x");
-    for b in bytes {
-        push_hex(*b, out);
-    }
+    crate::hex::encode_into(bytes, out);
 }
 
 fn push_hex(b: u8, out: &mut Vec<u8>) {
