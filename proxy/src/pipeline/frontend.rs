@@ -377,6 +377,9 @@ impl Frontend {
     ) -> Result<messages::Replaced, Refused> {
         let keyring = self.enc.keyring.load();
         let access = self.enc.access.load();
+        // Whether the role writes a column's envelopes as stored, by column
+        // id: asked once per column, not once per value.
+        let mut as_stored: Vec<Option<bool>> = Vec::new();
         let mut values = Vec::with_capacity(sites.len());
         for site in sites {
             // A count mismatch is Postgres' to report.
@@ -389,7 +392,12 @@ impl Frontend {
                 Refused("08P01", format!("invalid format code for parameter ${}", site.index + 1))
             })?;
             let column = &site.column;
-            if access.resolve(&self.role, column).level == Ciphertext {
+            if as_stored.len() <= column.id {
+                as_stored.resize(column.id + 1, None);
+            }
+            let stored = *as_stored[column.id]
+                .get_or_insert_with(|| access.resolve(&self.role, column).level == Ciphertext);
+            if stored {
                 values.push((site.index, Some(stored_envelope(&keyring, column, format, value)?)));
                 continue;
             }

@@ -144,18 +144,26 @@ impl<'a> Bind<'a> {
     /// Writes this Bind with `replaced` values (index, new binary value)
     /// substituted; their format codes become binary.
     pub fn encode_with(&self, replaced: &[(usize, Option<Vec<u8>>)], out: &mut BytesMut) {
+        // Which replacement each parameter has, if any: one pass over the
+        // parameters, however many are replaced (a 100-row INSERT has
+        // hundreds of both).
+        let mut by_param = vec![None; self.params.len()];
+        for (n, (i, _)) in replaced.iter().enumerate() {
+            if let Some(slot) = by_param.get_mut(*i) {
+                *slot = Some(n);
+            }
+        }
         let at = begin(out, b'B');
         put_cstr(out, self.portal);
         put_cstr(out, self.statement);
         out.put_i16(self.params.len() as i16);
-        for i in 0..self.params.len() {
-            let binary = replaced.iter().any(|(j, _)| *j == i);
-            out.put_i16(if binary { 1 } else { self.param_format(i) });
+        for (i, slot) in by_param.iter().enumerate() {
+            out.put_i16(if slot.is_some() { 1 } else { self.param_format(i) });
         }
         out.put_i16(self.params.len() as i16);
-        for (i, value) in self.params.iter().enumerate() {
-            let value = match replaced.iter().find(|(j, _)| *j == i) {
-                Some((_, v)) => v.as_deref(),
+        for (value, slot) in self.params.iter().zip(&by_param) {
+            let value = match slot {
+                Some(n) => replaced[*n].1.as_deref(),
                 None => *value,
             };
             match value {
