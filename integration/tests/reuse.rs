@@ -292,3 +292,97 @@ async fn a_kept_connection_serves_the_encryption_pipeline_as_a_new_one() {
         direct.query_one("SELECT ssn FROM people WHERE id = 2", &[]).await.unwrap().get(0);
     assert!(stored.starts_with(b"PW"), "{stored:?}");
 }
+
+/// The (pid, secret) of a greeting's BackendKeyData.
+fn key_data(greeting: &[Msg]) -> [u8; 8] {
+    let k = greeting.iter().find(|m| m.tag == b'K').expect("BackendKeyData");
+    k.body[..8].try_into().unwrap()
+}
+
+/// Sends a CancelRequest with `key` to the proxy.
+async fn cancel_with(addr: std::net::SocketAddr, key: [u8; 8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    packet.extend_from_slice(&key);
+    if let Ok(mut c) = tokio::net::TcpStream::connect(addr).await {
+        let _ = c.write_all(&packet).await;
+        let _ = c.shutdown().await;
+    }
+}
+
+/// A client that leaves keeps sending CancelRequests with its key while the
+/// next client gets its connection: none reaches the next client's
+/// statements, and the next client is told its backend's own pid. (The
+/// audit log makes a session's end slower, which is when a key used to
+/// outlive its session's hold on the connection: 31 of 100 statements were
+/// cancelled then.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_clients_cancel_key_is_dead_before_its_connection_serves_the_next() {
+    const KEY: &str = "audit-test-key-0123456789abcdef0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit.key");
+    std::fs::write(&key, KEY).unwrap();
+    let env = reusing(2, |c| {
+        c.audit.sinks = vec![pgwarden_config::AuditSink::File];
+        c.audit.file = dir.path().join("audit.jsonl").display().to_string();
+        c.audit.key = Some(pgwarden_config::Secret::File(key.display().to_string()));
+    })
+    .await;
+    let addr = env.proxy_addr;
+    let (mut cancelled, mut wrong_pid) = (0, 0);
+    for _ in 0..40 {
+        let (mut leaving, greeting) = Wire::startup(addr, roles::TRUST, "postgres").await;
+        let old = key_data(&greeting);
+        leaving.send(&wire::terminate()).await;
+        let stale = tokio::spawn(async move {
+            for _ in 0..30 {
+                cancel_with(addr, old).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let (mut next, greeting) = Wire::startup(addr, roles::TRUST, "postgres").await;
+        let told = i32::from_be_bytes(key_data(&greeting)[..4].try_into().unwrap());
+        next.send(&wire::query("SELECT pg_backend_pid(), pg_sleep(0.05)")).await;
+        let answers = next.until_ready(1).await;
+        if answers.iter().any(|m| m.sqlstate().as_deref() == Some("57014")) {
+            cancelled += 1;
+        } else {
+            let row = answers.iter().find(|m| m.tag == b'D').expect("a row");
+            let len = i32::from_be_bytes(row.body[2..6].try_into().unwrap()) as usize;
+            let real: i32 = std::str::from_utf8(&row.body[6..6 + len]).unwrap().parse().unwrap();
+            wrong_pid += i32::from(real != told);
+        }
+        next.send(&wire::terminate()).await;
+        stale.await.unwrap();
+    }
+    assert_eq!(cancelled, 0, "statements cancelled by the previous client's key");
+    assert_eq!(wrong_pid, 0, "clients told another pid than their backend's");
+    assert!(metric(&env, "pgwarden_upstream_reused_total").await >= 30.0);
+}
+
+/// Postgres answers a startup packet asking for protocol options it does
+/// not know with NegotiateProtocolVersion; a kept connection's next client
+/// (same packet) is told the same, before AuthenticationOk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_repeats_postgres_protocol_negotiation() {
+    let env = reusing(2, |_| {}).await;
+    let packet = wire::startup(&[
+        ("user", roles::TRUST),
+        ("database", "postgres"),
+        ("_pq_.pgwarden_test", "1"),
+    ]);
+    let mut greetings = vec![];
+    for _ in 0..2 {
+        let mut w = Wire::connect(env.proxy_addr).await;
+        w.send(&packet).await;
+        greetings.push(w.until_ready(1).await);
+        w.send(&wire::terminate()).await;
+        assert!(w.until_eof().await.is_empty());
+        assert_eq!(wait_kept(&env, 1).await, 1);
+    }
+    assert_eq!(metric(&env, "pgwarden_upstream_reused_total").await, 1.0);
+    for g in &greetings {
+        assert_eq!(g.first().map(|m| m.tag), Some(b'v'), "{g:?}");
+    }
+    assert_eq!(greetings[0][0].body, greetings[1][0].body);
+}

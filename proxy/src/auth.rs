@@ -37,6 +37,9 @@ pub struct Admitted {
     pub challenged: bool,
     /// Postgres' ParameterStatus messages, whole (only with `keep_params`).
     pub params: Vec<bytes::Bytes>,
+    /// Postgres' NegotiateProtocolVersion, whole, if it sent one (only with
+    /// `keep_params`): the protocol version and options it declined.
+    pub negotiated: Option<bytes::Bytes>,
 }
 
 /// Relays authentication through to the first ReadyForQuery. On success the
@@ -60,6 +63,7 @@ where
     let mut registration = None;
     let mut challenged = false;
     let mut params = vec![];
+    let mut negotiated = None;
     loop {
         let msg = next(s.upstream, s.upstream_rd, true).await?;
         match msg.tag {
@@ -118,7 +122,7 @@ where
                 flush(s.client_wr, &mut out).await?;
                 let registration = registration
                     .ok_or(End::Upstream(ClientError::upstream_protocol_violation()))?;
-                return Ok(Admitted { registration, challenged, params });
+                return Ok(Admitted { registration, challenged, params, negotiated });
             }
             b'S' => {
                 if keep_params {
@@ -126,7 +130,13 @@ where
                 }
                 out.extend_from_slice(&msg.frame);
             }
-            // NoticeResponse, NegotiateProtocolVersion, ...
+            b'v' => {
+                if keep_params {
+                    negotiated = Some(bytes::Bytes::copy_from_slice(&msg.frame));
+                }
+                out.extend_from_slice(&msg.frame);
+            }
+            // NoticeResponse, ...
             _ => out.extend_from_slice(&msg.frame),
         }
     }

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 
@@ -22,9 +24,14 @@ pub struct UpstreamKey {
     pub tls: Option<crate::upstream::tls::UpstreamTlsSetup>,
 }
 
+/// How long sending a CancelRequest on to Postgres may take.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct Entry {
     secret: [u8; 4],
     upstream: UpstreamKey,
+    /// Cancels looked up by this key and not yet sent on.
+    sending: Arc<AtomicUsize>,
 }
 
 /// Live sessions' cancel keys, by the process id the proxy gave the client.
@@ -39,11 +46,44 @@ pub struct Registration {
     pid: i32,
     /// The session's own upstream key, to cancel what it leaves running.
     pub upstream: UpstreamKey,
+    sending: Arc<AtomicUsize>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.map.lock().remove(&self.pid);
+    }
+}
+
+impl Registration {
+    /// Removes the key, then waits up to `timeout` for the cancels already
+    /// looked up by it to be sent on: after it, nothing the session's client
+    /// sends can cancel a statement on its server connection, which can then
+    /// serve another client. False when they were not sent in time.
+    pub async fn retire(self, timeout: Duration) -> bool {
+        let sending = self.sending.clone();
+        drop(self);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while sending.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+}
+
+/// A CancelRequest on its way to Postgres, counted against its session's
+/// key until dropped.
+pub struct Forward {
+    pub upstream: UpstreamKey,
+    sending: Arc<AtomicUsize>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.sending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -66,17 +106,22 @@ impl CancelMap {
             // positive like a real process id.
             pid = (rand::random::<u32>() >> 1) as i32;
         }
-        map.insert(pid, Entry { secret, upstream: upstream.clone() });
+        let sending = Arc::new(AtomicUsize::new(0));
+        map.insert(pid, Entry { secret, upstream: upstream.clone(), sending: sending.clone() });
         drop(map);
-        let reg = Registration { map: self.clone(), pid, upstream };
+        let reg = Registration { map: self.clone(), pid, upstream, sending };
         (pid, i32::from_be_bytes(secret), reg)
     }
 
-    /// The upstream key for a client's (pid, secret), compared in constant time.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<UpstreamKey> {
+    /// The upstream key for a client's (pid, secret), compared in constant
+    /// time, counted as being sent until the [`Forward`] is dropped.
+    pub fn lookup(&self, pid: i32, secret: i32) -> Option<Forward> {
         let map = self.lock();
         let entry = map.get(&pid)?;
-        bool::from(entry.secret.ct_eq(&secret.to_be_bytes())).then(|| entry.upstream.clone())
+        bool::from(entry.secret.ct_eq(&secret.to_be_bytes())).then(|| {
+            entry.sending.fetch_add(1, Ordering::AcqRel);
+            Forward { upstream: entry.upstream.clone(), sending: entry.sending.clone() }
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -104,11 +149,28 @@ mod tests {
         assert_eq!(pid, 77, "the upstream pid is kept when free");
         let (other, _, other_reg) = map.register(key());
         assert!(other > 0 && other != 77, "a taken pid is replaced");
-        assert_eq!(map.lookup(pid, secret).unwrap().pid, 77);
+        assert_eq!(map.lookup(pid, secret).unwrap().upstream.pid, 77);
         assert!(map.lookup(pid, secret.wrapping_add(1)).is_none(), "wrong secret accepted");
         drop(reg);
         assert!(map.lookup(pid, secret).is_none());
         drop(other_reg);
         assert!(map.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_retired_key_is_gone_at_once_and_its_cancels_in_flight_are_awaited() {
+        let map = CancelMap::default();
+        let (pid, secret, reg) = map.register(key());
+        let sending = map.lookup(pid, secret).unwrap();
+        let retiring = tokio::spawn(reg.retire(Duration::from_secs(5)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(map.lookup(pid, secret).is_none(), "a retiring key still maps");
+        assert!(!retiring.is_finished(), "retired with a cancel still being sent");
+        drop(sending);
+        assert!(retiring.await.unwrap());
+
+        let (pid, secret, reg) = map.register(key());
+        let _stuck = map.lookup(pid, secret).unwrap();
+        assert!(!reg.retire(Duration::from_millis(20)).await, "a stuck cancel was not noticed");
     }
 }

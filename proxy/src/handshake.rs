@@ -1,11 +1,9 @@
 //! The first packets of a connection: SSLRequest and GSSENCRequest (declined for
 //! now), CancelRequest (mapped to the upstream key and sent on), StartupMessage.
 
-use std::time::Duration;
-
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::cancel::CancelMap;
+use crate::cancel::{self, CancelMap};
 use crate::error::ClientError;
 use crate::protocol::{self, Startup, StartupPacket};
 use crate::upstream;
@@ -13,9 +11,6 @@ use crate::upstream;
 /// How many SSLRequest/GSSENCRequest a client may send before its StartupMessage
 /// (libpq sends at most one of each).
 const MAX_NEGOTIATIONS: usize = 2;
-
-/// Time allowed for forwarding a cancel to Postgres.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the first packets of a connection amounted to.
 #[derive(Debug)]
@@ -56,8 +51,9 @@ where
                 wr.write_all(b"N").await.map_err(ClientError::io)?;
             }
             StartupPacket::Cancel { pid, secret } => {
-                if let Some(key) = cancels.lookup(pid, secret) {
-                    if let Err(e) = upstream::send_cancel(&key, CANCEL_TIMEOUT).await {
+                if let Some(forward) = cancels.lookup(pid, secret) {
+                    let sent = upstream::send_cancel(&forward.upstream, cancel::SEND_TIMEOUT);
+                    if let Err(e) = sent.await {
                         tracing::warn!(error = %e, "could not forward a cancel request");
                     }
                 } else {

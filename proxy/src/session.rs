@@ -38,13 +38,10 @@ use crate::pipeline::{Backend, Frontend, Queue};
 use crate::policy;
 use crate::protocol::{self, Fill, FrameError, Framer, StartupPacket};
 use crate::tls::ClientTls;
-use crate::upstream::reuse::{Kept, Login};
+use crate::upstream::reuse::{self, Kept, Login};
 
 /// Bytes the encryption pipeline gathers for the client before writing them.
 const FLUSH_AT: usize = 64 * 1024;
-
-/// Time allowed for cancelling a statement a session leaves behind.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a session (or its handshake) ended; decides what is sent on the way out.
 #[derive(Debug)]
@@ -381,6 +378,7 @@ where
                 let login = (reuse.is_some() && !admitted.challenged).then(|| Login {
                     startup: startup.raw.clone(),
                     params: admitted.params,
+                    negotiated: admitted.negotiated,
                     key: admitted.registration.upstream.clone(),
                     opened: connecting.into_std(),
                 });
@@ -414,7 +412,7 @@ where
         },
         _ = shutdown.cancelled() => Err((End::Drained, ConnectionOutcome::Shutdown)),
     };
-    let (mut urd, mut uwr, registration, login, _slot, encryption, rate, identity) =
+    let (mut urd, mut uwr, registration, login, slot, encryption, rate, identity) =
         match established {
             Ok(e) => e,
             Err((end, outcome)) => {
@@ -484,13 +482,26 @@ where
     };
     let keep = matches!(end, End::ClientTerminated) && state.kept.load(Ordering::Acquire);
     if let (true, Some(reuse), Some(login)) = (keep, shared.reuse.as_ref(), login) {
-        reuse.keep(Kept { rd: urd, wr: uwr, framer: upstream, login }).await;
+        // The leaving client's role slot is free and its cancel key dead,
+        // with any cancel it has on the way, before the connection can serve
+        // anyone else.
+        drop(slot);
+        let kept = Kept { rd: urd, wr: uwr, framer: upstream, login };
+        if registration.retire(crate::cancel::SEND_TIMEOUT).await {
+            reuse.keep(kept).await;
+        } else {
+            reuse::close(kept).await;
+        }
     } else {
         if matches!(end, End::ClientGone | End::Client(_) | End::Drained) {
             if !state.idle() {
                 // Postgres notices a closed socket only when it next writes: a
                 // long statement abandoned by its client would run on. Cancel it.
-                let _ = crate::upstream::send_cancel(&registration.upstream, CANCEL_TIMEOUT).await;
+                let _ = crate::upstream::send_cancel(
+                    &registration.upstream,
+                    crate::cancel::SEND_TIMEOUT,
+                )
+                .await;
             }
             // Let the backend end cleanly instead of logging a lost connection.
             let _ = uwr.write_all(&crate::protocol::terminate()).await;

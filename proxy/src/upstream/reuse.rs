@@ -54,6 +54,9 @@ pub struct Login {
     pub startup: Bytes,
     /// ParameterStatus messages, whole, in the order Postgres first sent them.
     pub params: Vec<Bytes>,
+    /// NegotiateProtocolVersion, whole, when Postgres sent one: it answers
+    /// the startup packet, so every client of the connection is sent it.
+    pub negotiated: Option<Bytes>,
     /// Postgres' cancel key for it.
     pub key: UpstreamKey,
     pub opened: Instant,
@@ -73,10 +76,14 @@ impl Login {
         }
     }
 
-    /// AuthenticationOk, the parameters, `key_data` and ReadyForQuery (idle):
-    /// what a client of a kept connection is sent in place of its login.
+    /// NegotiateProtocolVersion if there was one, AuthenticationOk, the
+    /// parameters, `key_data` and ReadyForQuery (idle): what a client of a
+    /// kept connection is sent in place of its login.
     pub fn greeting(&self, key_data: &[u8]) -> BytesMut {
         let mut out = BytesMut::new();
+        if let Some(v) = &self.negotiated {
+            out.extend_from_slice(v);
+        }
         out.extend_from_slice(&protocol::frame(b'R', &0u32.to_be_bytes()));
         for p in &self.params {
             out.extend_from_slice(p);
@@ -260,7 +267,7 @@ async fn reset(conn: &mut Kept) -> bool {
 }
 
 /// Sends Terminate and drops the connection.
-async fn close(mut conn: Kept) {
+pub async fn close(mut conn: Kept) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         let _ = conn.wr.write_all(&protocol::terminate()).await;
         let _ = conn.wr.shutdown().await;
