@@ -266,6 +266,10 @@ async fn clients_refused_in_the_tls_handshake_are_counted_and_audited() {
     let metrics = String::from_utf8(env.handle.metrics().encode()).unwrap();
     assert!(metrics.contains("pgwarden_denied_total{reason=\"tls\"} 1\n"), "{metrics}");
     assert!(metrics.contains("pgwarden_denied_total{reason=\"certificate\"} 1\n"), "{metrics}");
+    // Each refusal is one denial, not also a protocol error's.
+    assert!(metrics.contains("pgwarden_denied_total{reason=\"protocol\"} 0\n"), "{metrics}");
+    let refused = "pgwarden_connections_total{outcome=\"refused_policy\"} 2\n";
+    assert!(metrics.contains(refused), "{metrics}");
     env.shutdown().await.unwrap();
 
     let text = std::fs::read_to_string(&log).unwrap();

@@ -369,12 +369,12 @@ async fn refuse(mut socket: TcpStream, peer: SocketAddr, shared: &Shared) -> Con
         Ok(Ok(Opening::Startup(startup))) => {
             let _ = wr.write_all(&ClientError::too_many_connections().to_message()).await;
             let id = format!("{:016x}", rand::random::<u64>());
-            session::audit_refusal(shared, id, peer, Some(&startup), Denial::Capacity).await;
+            session::audit_refusal(shared, id, peer, Some(&startup), false, Denial::Capacity).await;
             ConnectionOutcome::RefusedCapacity
         }
         _ => {
             let id = format!("{:016x}", rand::random::<u64>());
-            session::audit_refusal(shared, id, peer, None, Denial::Capacity).await;
+            session::audit_refusal(shared, id, peer, None, false, Denial::Capacity).await;
             ConnectionOutcome::RefusedCapacity
         }
     };

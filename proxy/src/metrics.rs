@@ -59,7 +59,8 @@ label_enum! {
         /// Over `listen.max_connections`: answered 53300.
         RefusedCapacity = "refused_capacity",
         /// Refused by a connection policy: network rule, hours, lockout or the
-        /// per-role cap (28000 or 53300), before Postgres was contacted.
+        /// per-role cap (28000 or 53300), before Postgres was contacted; or in
+        /// the TLS handshake (`listen.min_tls_version`, `listen.client_ca`).
         RefusedPolicy = "refused_policy",
         /// Malformed or oversized protocol message (08P01).
         ProtocolError = "protocol_error",

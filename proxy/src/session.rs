@@ -131,16 +131,25 @@ async fn serve_in_span(
                     }
                     Ok(Err(e)) => {
                         tracing::info!(error = %e, "TLS handshake failed");
-                        let why = handshake_refusal(&e);
-                        if let Some(why) = why {
-                            shared.metrics.denied(why);
-                        }
-                        let why = why.unwrap_or(Denial::Protocol);
-                        audit_refusal(&shared, id, peer, None, why).await;
-                        shared.metrics.connection_ended(ConnectionOutcome::ProtocolError);
+                        // A refusal by policy counts as its own denial; any
+                        // other failure as a protocol error's (one each).
+                        let outcome = match handshake_refusal(&e) {
+                            Some(why) => {
+                                shared.metrics.denied(why);
+                                audit_refusal(&shared, id, peer, None, false, why).await;
+                                ConnectionOutcome::RefusedPolicy
+                            }
+                            None => {
+                                let why = Denial::Protocol;
+                                audit_refusal(&shared, id, peer, None, false, why).await;
+                                ConnectionOutcome::ProtocolError
+                            }
+                        };
+                        shared.metrics.connection_ended(outcome);
                     }
                     Err(_) => {
-                        audit_refusal(&shared, id, peer, None, Denial::HandshakeTimeout).await;
+                        audit_refusal(&shared, id, peer, None, false, Denial::HandshakeTimeout)
+                            .await;
                         shared.metrics.connection_ended(ConnectionOutcome::HandshakeTimeout);
                     }
                 }
@@ -150,12 +159,12 @@ async fn serve_in_span(
             Ok(Ok(None)) => return shared.metrics.connection_ended(ConnectionOutcome::Abandoned),
             Ok(Err(e)) => {
                 let _ = client.write_all(&e.to_message()).await;
-                audit_refusal(&shared, id, peer, None, Denial::Protocol).await;
+                audit_refusal(&shared, id, peer, None, false, Denial::Protocol).await;
                 return shared.metrics.connection_ended(ConnectionOutcome::ProtocolError);
             }
             Err(_) => {
                 let _ = client.write_all(&ClientError::handshake_timeout().to_message()).await;
-                audit_refusal(&shared, id, peer, None, Denial::HandshakeTimeout).await;
+                audit_refusal(&shared, id, peer, None, false, Denial::HandshakeTimeout).await;
                 return shared.metrics.connection_ended(ConnectionOutcome::HandshakeTimeout);
             }
         }
@@ -187,6 +196,7 @@ pub(crate) async fn audit_refusal(
     id: String,
     peer: SocketAddr,
     startup: Option<&protocol::Startup>,
+    tls: bool,
     why: Denial,
 ) {
     if let Some(a) = &shared.audit {
@@ -199,7 +209,7 @@ pub(crate) async fn audit_refusal(
                 .unwrap_or_default()
                 .to_string(),
             client_addr: peer.to_string(),
-            tls: false,
+            tls,
             json: Default::default(),
         });
         a.record(Record::new(Event::Denied, Some(who), "denied").reason(why.as_str())).await;
@@ -432,7 +442,7 @@ where
                     a.record(r).await;
                 } else if let Some(d) = outcome.denial() {
                     // No startup packet came (or it was malformed): no role.
-                    audit_refusal(shared, id.clone(), peer, None, d).await;
+                    audit_refusal(shared, id.clone(), peer, None, tls.is_some(), d).await;
                 }
                 return (end, outcome);
             }

@@ -119,6 +119,7 @@ impl Auditor {
             postgres,
             depth: metrics.audit_queue_depth(),
             events: [metrics.audit_events(0), metrics.audit_events(1)],
+            batch: audit.queue_capacity,
         };
         let thread = std::thread::Builder::new()
             .name("pgwarden-audit".into())

@@ -199,6 +199,10 @@ pub struct Writer {
     /// `pgwarden_audit_events_total{sink}`: file, stdout, postgres (the
     /// last counted by its task).
     pub events: [IntCounter; 2],
+    /// Records taken per batch: [`BATCH`], or the queue's capacity when
+    /// smaller, so that a full small queue is never mistaken for a drained
+    /// one (the writer would linger with sessions waiting on it).
+    pub batch: usize,
 }
 
 /// A batch chained and cut into files: `(text, first seq, rotate after)`.
@@ -220,12 +224,13 @@ impl Writer {
             }
         };
         rt.block_on(async move {
-            let mut entries = Vec::with_capacity(BATCH);
+            let batch = self.batch.clamp(1, BATCH);
+            let mut entries = Vec::with_capacity(batch);
             loop {
                 let due = self.file.as_ref().and_then(FileSink::sync_due);
                 let got = match due {
                     Some(at) => tokio::select! {
-                        n = rx.recv_many(&mut entries, BATCH) => n,
+                        n = rx.recv_many(&mut entries, batch) => n,
                         _ = tokio::time::sleep_until(at.into()) => {
                             if let Some(f) = self.file.as_mut() {
                                 let _ = f.sync();
@@ -233,7 +238,7 @@ impl Writer {
                             continue;
                         }
                     },
-                    None => rx.recv_many(&mut entries, BATCH).await,
+                    None => rx.recv_many(&mut entries, batch).await,
                 };
                 if got == 0 {
                     // Every sender is gone without a Close: seal anyway.
@@ -260,7 +265,7 @@ impl Writer {
                     }
                 }
                 self.write(segments, None).await;
-                if got < BATCH {
+                if got < batch {
                     // The queue is drained: let records gather for a moment
                     // rather than be woken for each one (a futex wake per
                     // statement on the sessions' threads otherwise).
