@@ -177,13 +177,8 @@ pub fn run(settings: &Settings) -> Result<()> {
     let results = rt.block_on(measure(settings, &cluster, &pgwarden, &data, &interrupt))?;
     let rows = data.rows.len() as u64;
     let masks = rt.block_on(masking::measure(pgwarden.port, rows, settings.rounds, &interrupt))?;
-    let ceiling = rt.block_on(ceiling::measure(
-        cluster.port(),
-        &cluster.data_dir(),
-        rows,
-        settings.rounds,
-        &interrupt,
-    ))?;
+    let ceiling =
+        rt.block_on(ceiling::measure(cluster.port(), rows, settings.rounds, &interrupt))?;
 
     let meta = Meta {
         started_utc: started,
@@ -236,6 +231,15 @@ pub fn run(settings: &Settings) -> Result<()> {
     println!("Postgres alone loading the same rows (the ceiling of copy-in):");
     println!();
     print!("{}", ceiling::markdown(&ceiling));
+    let plain_copy_in = results
+        .iter()
+        .find(|r| r.op == Op::CopyIn)
+        .map_or(f64::NAN, |r| r.rows_per_second(Table::Plaintext));
+    println!();
+    println!(
+        "bound on the copy-in ratio (envelopes in text format, directly, over plaintext copy-in through pgwarden): {:.3}",
+        ceiling::bound(&ceiling, plain_copy_in)
+    );
     println!();
     println!("wrote {}", json.display());
     Ok(())
@@ -457,13 +461,19 @@ async fn check(cluster: &Cluster, client: &Client, data: &Data) -> Result<()> {
 }
 
 async fn copy_in(client: &Client, t: Table, data: &Data) -> Result<u64> {
-    let sink = client.copy_in(&format!("COPY {} (id, ssn, card) FROM STDIN", t.name())).await?;
+    let sql = format!("COPY {} (id, ssn, card) FROM STDIN", t.name());
+    copy_from_stdin(client, &sql, &data.copy_text).await
+}
+
+/// Runs `sql`, a COPY FROM STDIN, sending `rows` in CopyData messages of
+/// [`COPY_CHUNK`] bytes; the rows copied.
+pub(crate) async fn copy_from_stdin(client: &Client, sql: &str, rows: &Bytes) -> Result<u64> {
+    let sink = client.copy_in(sql).await?;
     let mut sink = pin!(sink);
-    let text = &data.copy_text;
     let mut at = 0;
-    while at < text.len() {
-        let end = (at + COPY_CHUNK).min(text.len());
-        sink.send(text.slice(at..end)).await?;
+    while at < rows.len() {
+        let end = (at + COPY_CHUNK).min(rows.len());
+        sink.send(rows.slice(at..end)).await?;
         at = end;
     }
     Ok(sink.finish().await?)
