@@ -249,5 +249,69 @@ fn masks(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decrypt, encrypt, masks);
+/// bytea's hex digits, as text results and text COPY carry envelopes: the
+/// proxy's eight-at-a-time code (`pgwarden::hex`) next to a digit-by-digit
+/// table loop, the obvious way, on the 47- and 52-byte envelopes of the
+/// encryption suite's two columns.
+fn hex(c: &mut Criterion) {
+    static DIGIT: [u8; 256] = {
+        let mut t = [0xff; 256];
+        let mut i = 0;
+        while i < 16 {
+            t[b"0123456789abcdef"[i] as usize] = i as u8;
+            t[b"0123456789ABCDEF"[i] as usize] = i as u8;
+            i += 1;
+        }
+        t
+    };
+    fn by_digit(hex: &[u8], out: &mut Vec<u8>) -> Option<()> {
+        let mut bad = 0;
+        out.extend(hex.chunks_exact(2).map(|p| {
+            let (h, l) = (DIGIT[usize::from(p[0])], DIGIT[usize::from(p[1])]);
+            bad |= h | l;
+            h << 4 | l & 0x0f
+        }));
+        (bad <= 0x0f && hex.len().is_multiple_of(2)).then_some(())
+    }
+    let mut group = c.benchmark_group("hex");
+    for len in [47usize, 52] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+        let mut digits = Vec::new();
+        pgwarden::hex::encode_into(&bytes, &mut digits);
+        let mut out = Vec::with_capacity(2 * len);
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_with_input(BenchmarkId::new("decode/pgwarden", len), &digits, |b, d| {
+            b.iter(|| {
+                out.clear();
+                pgwarden::hex::decode_into(std::hint::black_box(d), &mut out).expect("hex");
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("decode/by-digit", len), &digits, |b, d| {
+            b.iter(|| {
+                out.clear();
+                by_digit(std::hint::black_box(d), &mut out).expect("hex");
+            })
+        });
+        assert_eq!(out, bytes);
+        group.bench_with_input(BenchmarkId::new("encode/pgwarden", len), &bytes, |b, v| {
+            b.iter(|| {
+                out.clear();
+                pgwarden::hex::encode_into(std::hint::black_box(v), &mut out);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("encode/by-digit", len), &bytes, |b, v| {
+            b.iter(|| {
+                out.clear();
+                for &x in std::hint::black_box(v) {
+                    out.push(b"0123456789abcdef"[usize::from(x >> 4)]);
+                    out.push(b"0123456789abcdef"[usize::from(x & 15)]);
+                }
+            })
+        });
+        assert_eq!(out, digits);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decrypt, encrypt, masks, hex);
 criterion_main!(benches);
