@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,8 +30,15 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 struct Entry {
     secret: [u8; 4],
     upstream: UpstreamKey,
-    /// Cancels looked up by this key and not yet sent on.
-    sending: Arc<AtomicUsize>,
+    forwards: Arc<Forwards>,
+}
+
+/// The cancels a key has sent on: how many are on the way, and whether one
+/// ended without Postgres confirming it read it (it may still act on it).
+#[derive(Default)]
+struct Forwards {
+    sending: AtomicUsize,
+    uncertain: AtomicBool,
 }
 
 /// Live sessions' cancel keys, by the process id the proxy gave the client.
@@ -46,7 +53,7 @@ pub struct Registration {
     pid: i32,
     /// The session's own upstream key, to cancel what it leaves running.
     pub upstream: UpstreamKey,
-    sending: Arc<AtomicUsize>,
+    forwards: Arc<Forwards>,
 }
 
 impl Drop for Registration {
@@ -57,33 +64,47 @@ impl Drop for Registration {
 
 impl Registration {
     /// Removes the key, then waits up to `timeout` for the cancels already
-    /// looked up by it to be sent on: after it, nothing the session's client
-    /// sends can cancel a statement on its server connection, which can then
-    /// serve another client. False when they were not sent in time.
+    /// looked up by it to be sent on. True when, after it, nothing the
+    /// session's client sent can cancel a statement on its server
+    /// connection, which can then serve another client: every cancel it
+    /// sent was read by Postgres (which signals an idle backend, to no
+    /// effect); false when one is still on the way or ended unconfirmed.
     pub async fn retire(self, timeout: Duration) -> bool {
-        let sending = self.sending.clone();
+        let forwards = self.forwards.clone();
         drop(self);
         let deadline = tokio::time::Instant::now() + timeout;
-        while sending.load(Ordering::Acquire) > 0 {
+        while forwards.sending.load(Ordering::Acquire) > 0 {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        true
+        !forwards.uncertain.load(Ordering::Acquire)
     }
 }
 
 /// A CancelRequest on its way to Postgres, counted against its session's
-/// key until dropped.
+/// key until dropped; unconfirmed unless [`Forward::delivered`] said so.
 pub struct Forward {
     pub upstream: UpstreamKey,
-    sending: Arc<AtomicUsize>,
+    forwards: Arc<Forwards>,
+    delivered: bool,
+}
+
+impl Forward {
+    /// Postgres read the request (it closed the connection after it).
+    pub fn delivered(mut self) {
+        self.delivered = true;
+    }
 }
 
 impl Drop for Forward {
     fn drop(&mut self) {
-        self.sending.fetch_sub(1, Ordering::AcqRel);
+        if !self.delivered {
+            // Failed, timed out or abandoned part-way: Postgres may yet read it.
+            self.forwards.uncertain.store(true, Ordering::Release);
+        }
+        self.forwards.sending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -106,10 +127,10 @@ impl CancelMap {
             // positive like a real process id.
             pid = (rand::random::<u32>() >> 1) as i32;
         }
-        let sending = Arc::new(AtomicUsize::new(0));
-        map.insert(pid, Entry { secret, upstream: upstream.clone(), sending: sending.clone() });
+        let forwards = Arc::new(Forwards::default());
+        map.insert(pid, Entry { secret, upstream: upstream.clone(), forwards: forwards.clone() });
         drop(map);
-        let reg = Registration { map: self.clone(), pid, upstream, sending };
+        let reg = Registration { map: self.clone(), pid, upstream, forwards };
         (pid, i32::from_be_bytes(secret), reg)
     }
 
@@ -119,8 +140,9 @@ impl CancelMap {
         let map = self.lock();
         let entry = map.get(&pid)?;
         bool::from(entry.secret.ct_eq(&secret.to_be_bytes())).then(|| {
-            entry.sending.fetch_add(1, Ordering::AcqRel);
-            Forward { upstream: entry.upstream.clone(), sending: entry.sending.clone() }
+            entry.forwards.sending.fetch_add(1, Ordering::AcqRel);
+            let forwards = entry.forwards.clone();
+            Forward { upstream: entry.upstream.clone(), forwards, delivered: false }
         })
     }
 
@@ -166,11 +188,17 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(map.lookup(pid, secret).is_none(), "a retiring key still maps");
         assert!(!retiring.is_finished(), "retired with a cancel still being sent");
-        drop(sending);
+        sending.delivered();
         assert!(retiring.await.unwrap());
 
         let (pid, secret, reg) = map.register(key());
         let _stuck = map.lookup(pid, secret).unwrap();
         assert!(!reg.retire(Duration::from_millis(20)).await, "a stuck cancel was not noticed");
+
+        // One that failed or timed out may still reach Postgres: not clean.
+        let (pid, secret, reg) = map.register(key());
+        map.lookup(pid, secret).unwrap().delivered();
+        drop(map.lookup(pid, secret).unwrap());
+        assert!(!reg.retire(Duration::from_secs(5)).await, "an unconfirmed cancel was not noticed");
     }
 }

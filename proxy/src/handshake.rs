@@ -52,9 +52,9 @@ where
             }
             StartupPacket::Cancel { pid, secret } => {
                 if let Some(forward) = cancels.lookup(pid, secret) {
-                    let sent = upstream::send_cancel(&forward.upstream, cancel::SEND_TIMEOUT);
-                    if let Err(e) = sent.await {
-                        tracing::warn!(error = %e, "could not forward a cancel request");
+                    match upstream::send_cancel(&forward.upstream, cancel::SEND_TIMEOUT).await {
+                        Ok(()) => forward.delivered(),
+                        Err(e) => tracing::warn!(error = %e, "could not forward a cancel request"),
                     }
                 } else {
                     tracing::info!("cancel request with an unknown key ignored");
