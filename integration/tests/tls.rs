@@ -287,6 +287,51 @@ async fn clients_refused_in_the_tls_handshake_are_counted_and_audited() {
     }
 }
 
+/// A client that completes the TLS handshake and then sends a malformed
+/// startup packet is cut like any other, and its denied record says it came
+/// over TLS (openssl s_client does the SSLRequest and the handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_inside_tls_is_audited_as_a_tls_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit.key");
+    std::fs::write(&key, "an audit key for the inside-tls test").unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let (log_path, key_path) = (log.display().to_string(), key.display().to_string());
+    let mut env = env_with_tls(dir.path(), |c| {
+        c.audit.sinks = vec![pgwarden_config::AuditSink::File];
+        c.audit.file = log_path;
+        c.audit.key = Some(pgwarden_config::Secret::File(key_path));
+    })
+    .await;
+    let port = env.proxy_addr.port();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-starttls", "postgres", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_client");
+        // A startup packet claiming 3 bytes: shorter than its own header.
+        child.stdin.take().unwrap().write_all(&[0, 0, 0, 3]).unwrap();
+        child.wait().unwrap();
+    })
+    .await
+    .unwrap();
+    env.shutdown().await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let denied: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{text}");
+    assert_eq!(denied[0]["reason"], "protocol", "{text}");
+    assert_eq!(denied[0]["tls"], true, "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ca_set_by_a_reload_applies_to_new_connections() {
     let dir = tempfile::tempdir().unwrap();
