@@ -54,6 +54,36 @@ async fn env_with_tls(dir: &Path, tweak: impl FnOnce(&mut pgwarden_config::Confi
     .await
 }
 
+/// [`env_with_tls`] with the audit log's file sink on, in `dir`; the log.
+async fn audited_env_with_tls(
+    dir: &Path,
+    tweak: impl FnOnce(&mut pgwarden_config::Config),
+) -> (TestEnv, PathBuf) {
+    let key = dir.join("audit.key");
+    std::fs::write(&key, "an audit key for the tls tests, 32+ bytes").unwrap();
+    let log = dir.join("audit.jsonl");
+    let (log_path, key_path) = (log.display().to_string(), key.display().to_string());
+    let env = env_with_tls(dir, |c| {
+        c.audit.sinks = vec![pgwarden_config::AuditSink::File];
+        c.audit.file = log_path;
+        c.audit.key = Some(pgwarden_config::Secret::File(key_path));
+        tweak(c);
+    })
+    .await;
+    (env, log)
+}
+
+/// The denied records of the audit log at `log`, and its whole text.
+fn denied_records(log: &Path) -> (Vec<serde_json::Value>, String) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let denied = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "denied")
+        .collect();
+    (denied, text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_connects_with_verify_full_against_a_ca_made_in_the_test() {
     let dir = tempfile::tempdir().unwrap();
@@ -240,16 +270,9 @@ async fn clients_refused_in_the_tls_handshake_are_counted_and_audited() {
     let dir = tempfile::tempdir().unwrap();
     let clients = TestCa::new("pgwarden client CA");
     let client_ca = clients.write(dir.path(), "client-ca");
-    let key = dir.path().join("audit.key");
-    std::fs::write(&key, "an audit key for the handshake test").unwrap();
-    let log = dir.path().join("audit.jsonl");
-    let (log_path, key_path) = (log.display().to_string(), key.display().to_string());
-    let mut env = env_with_tls(dir.path(), |c| {
+    let (mut env, log) = audited_env_with_tls(dir.path(), |c| {
         c.listen.min_tls_version = "1.3".into();
         c.listen.client_ca = client_ca.display().to_string();
-        c.audit.sinks = vec![pgwarden_config::AuditSink::File];
-        c.audit.file = log_path;
-        c.audit.key = Some(pgwarden_config::Secret::File(key_path));
     })
     .await;
     let port = env.proxy_addr.port();
@@ -272,12 +295,7 @@ async fn clients_refused_in_the_tls_handshake_are_counted_and_audited() {
     assert!(metrics.contains(refused), "{metrics}");
     env.shutdown().await.unwrap();
 
-    let text = std::fs::read_to_string(&log).unwrap();
-    let denied: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["event"] == "denied")
-        .collect();
+    let (denied, text) = denied_records(&log);
     let reasons: Vec<&str> = denied.iter().map(|r| r["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, ["tls", "certificate"], "{text}");
     for r in &denied {
@@ -293,16 +311,7 @@ async fn clients_refused_in_the_tls_handshake_are_counted_and_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_inside_tls_is_audited_as_a_tls_one() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("audit.key");
-    std::fs::write(&key, "an audit key for the inside-tls test").unwrap();
-    let log = dir.path().join("audit.jsonl");
-    let (log_path, key_path) = (log.display().to_string(), key.display().to_string());
-    let mut env = env_with_tls(dir.path(), |c| {
-        c.audit.sinks = vec![pgwarden_config::AuditSink::File];
-        c.audit.file = log_path;
-        c.audit.key = Some(pgwarden_config::Secret::File(key_path));
-    })
-    .await;
+    let (mut env, log) = audited_env_with_tls(dir.path(), |_| {}).await;
     let port = env.proxy_addr.port();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
@@ -321,12 +330,7 @@ async fn a_connection_cut_inside_tls_is_audited_as_a_tls_one() {
     .await
     .unwrap();
     env.shutdown().await.unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    let denied: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["event"] == "denied")
-        .collect();
+    let (denied, text) = denied_records(&log);
     assert_eq!(denied.len(), 1, "{text}");
     assert_eq!(denied[0]["reason"], "protocol", "{text}");
     assert_eq!(denied[0]["tls"], true, "{text}");
