@@ -265,14 +265,7 @@ async fn the_postgres_sink_going_down_and_coming_back_loses_nothing() {
     for i in 0..20 {
         client.simple_query(&format!("SELECT {i}")).await.unwrap();
     }
-    // The sink's login stops working and its connection is cut.
-    direct
-        .batch_execute(
-            "ALTER ROLE auditor NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = 'auditor'",
-        )
-        .await
-        .unwrap();
+    cut_the_sink(&direct).await;
     for i in 0..50 {
         client.simple_query(&format!("SELECT {i}")).await.unwrap();
     }
@@ -475,13 +468,7 @@ async fn with_on_overflow_drop_a_stuck_sink_costs_records_not_clients_and_the_lo
     let env = TestEnv::start_on(pg, config).await;
     let direct = env.direct_client().await;
     let client = env.proxy_client().await;
-    direct
-        .batch_execute(
-            "ALTER ROLE auditor NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = 'auditor'",
-        )
-        .await
-        .unwrap();
+    cut_the_sink(&direct).await;
     // The sink is stuck; clients go on (a generous hang guard, not a timing).
     let statements = async {
         for i in 0..2000 {
@@ -512,13 +499,7 @@ async fn a_client_gone_while_its_records_wait_for_room_loses_none_of_them() {
     config.audit.queue_capacity = 1;
     let mut env = TestEnv::start_on(pg, config).await;
     let direct = env.direct_client().await;
-    direct
-        .batch_execute(
-            "ALTER ROLE auditor NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = 'auditor'",
-        )
-        .await
-        .unwrap();
+    cut_the_sink(&direct).await;
     // Many statements at once; answers come until the session waits for room
     // for their records, then stop. The client takes what came and hangs up.
     let addr = env.proxy_addr;
@@ -552,6 +533,17 @@ async fn a_client_gone_while_its_records_wait_for_room_loses_none_of_them() {
         .get(0);
     // Statements Postgres answered after the client left are recorded too.
     assert!(n >= answered, "{n} records for {answered} answered statements");
+}
+
+/// The postgres sink's login stops working and its connection is cut.
+async fn cut_the_sink(direct: &tokio_postgres::Client) {
+    direct
+        .batch_execute(
+            "ALTER ROLE auditor NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = 'auditor'",
+        )
+        .await
+        .unwrap();
 }
 
 /// A cluster with a login `auditor` that may create the audit schema, and a
